@@ -1,0 +1,150 @@
+"""The front door: `bnlab train|sweep|report`. Thin: parse, call, print.
+
+Hydra overrides pass through untouched (`model.depth=56 norm=none`); any bad
+input ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from bnlab.errors import BnlabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="bnlab: test the popular claims about Batch Normalization on CIFAR-10 ResNets.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `train` a sub-command (Typer collapses single-command apps)."""
+
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    typer.echo(f"bnlab: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _config_reference() -> str:
+    """The groups and keys, for --help, read from conf/ and the schema (no torch import)."""
+    from omegaconf import OmegaConf
+
+    from bnlab.compose import config_groups, load_config
+
+    lines = ["\b", "Config groups (pick one: GROUP=OPTION):"]
+    for group, options in config_groups().items():
+        lines.append(f"  {group:<8} {', '.join(options)}")
+    lines += ["", "\b", "Keys and their defaults (KEY=VALUE; norm keys depend on the norm):"]
+    try:
+        cfg = load_config([])
+    except BnlabError as e:  # a broken conf/ should not break --help
+        return "\n".join(lines + [f"  (could not compose the config: {e})"])
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    container = OmegaConf.to_container(cfg)
+    assert isinstance(container, dict)
+    walk(container, "")
+    for key, value in flat.items():
+        lines.append(f"  {key} = {value}")
+    from dataclasses import fields
+
+    from bnlab.config import NORM_SCHEMAS
+
+    lines += ["", "\b", "Keys of each norm kind:"]
+    for kind, schema in NORM_SCHEMAS.items():
+        keys = ", ".join(f"norm.{f.name}" for f in fields(schema) if f.name != "kind")
+        lines.append(f"  norm={kind:<6} {keys or '(no keys)'}")
+    lines += [
+        "",
+        "\b",
+        "Examples:",
+        "  bnlab train preset=cpu",
+        "  bnlab train model.depth=56 norm=none optim.lr=0.3 data.batch_size=64",
+        "  bnlab train model.residual=false model.depth=32",
+        "  bnlab train norm=gn data.batch_size=4 train.epochs=5 train.seed=3",
+    ]
+    return "\n".join(lines)
+
+
+def _wants_help() -> bool:
+    return any(a in ("--help", "-h") for a in sys.argv[1:])
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=_config_reference() if _wants_help() else None,
+)
+def train(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Hydra overrides, e.g. norm=none")
+    ] = None,
+) -> None:
+    """Train one run. Finished runs are reported, interrupted ones resumed."""
+    from bnlab.compose import load_config
+    from bnlab.config import validate
+
+    try:
+        cfg = load_config(overrides or [])
+        validate(cfg)  # before importing torch: bad input fails fast
+    except BnlabError as e:
+        raise _fail(str(e)) from None
+
+    from bnlab.progress import ConsoleReporter
+    from bnlab.recipe import RunFailed
+    from bnlab.recipe import train as train_run
+
+    try:
+        reporter = ConsoleReporter()
+        outcome = train_run(cfg, reporter)
+    except BnlabError as e:
+        raise _fail(str(e)) from None
+    except RunFailed as e:
+        raise _fail(f"run failed: {e} (details in {e.outcome.run_dir}/summary.json)", 1) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; run the same command again to resume", 130) from None
+
+    s = outcome.summary or {}
+    where = str(outcome.run_dir)
+    if outcome.status == "busy":
+        raise _fail(f"{where} is being trained by another process", EXIT_FAILED)
+    acc = s.get("test_acc")
+    acc_text = f"test acc {100 * acc:.2f}%" if acc is not None else "no accuracy"
+    if outcome.status == "done":
+        typer.echo(f"already done ({s.get('status')}): {acc_text}, {where}")
+        return
+    resumed = f", resumed at epoch {outcome.resumed_from}" if outcome.resumed_from else ""
+    detail = (
+        f"diverged at epoch {s.get('diverged_epoch')}"
+        if outcome.status == "diverged"
+        else f"best {100 * (s.get('best_test_acc') or 0):.2f}%"
+    )
+    typer.echo(
+        f"{outcome.status}: {acc_text} ({detail}) on {s.get('dataset')}, "
+        f"{s.get('epochs')} epochs, {s.get('wall_s', 0):.0f}s{resumed} -> {where}"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

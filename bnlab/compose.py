@@ -1,0 +1,76 @@
+"""Compose a config from conf/ and command-line overrides, with one-line errors.
+
+Hydra's own exceptions are multi-line and aimed at Hydra developers; here they
+become a single BnlabError naming the offending override.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bnlab.config import register_configs
+from bnlab.errors import BnlabError
+
+CONFIG_DIR = Path(os.environ.get("BNLAB_CONF", Path(__file__).resolve().parents[1] / "conf"))
+VERSION_BASE = "1.3"
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Selectable options per group (the base_* schemas are internal)."""
+    groups: dict[str, list[str]] = {}
+    for d in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
+        groups[d.name] = sorted(f.stem for f in d.glob("*.yaml"))
+    return groups
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err)
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse override '{err.override}': {text.splitlines()[0]}"
+    cause = err.__cause__ or err.__context__
+    if m := re.search(r"Could not override '([^']+)'", text):
+        return f"unknown config key '{m.group(1)}' (bnlab train --help lists the keys)"
+    if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
+        group, option = m.groups()
+        options = ", ".join(config_groups().get(group, []))
+        return f"unknown {group} '{option}' (choose one of: {options})"
+    if m := re.search(r"Error merging override (\S+)", text):
+        detail = str(cause).splitlines()[0] if cause else ""
+        return f"bad value in '{m.group(1)}': {detail}".rstrip(": ")
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first
+
+
+def load_config(overrides: Sequence[str]) -> DictConfig:
+    """The composed, typed config; raises BnlabError on any composition problem."""
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
+            cfg = compose("config", overrides=list(overrides))
+        # Resolve interpolations now so that a bad ${...} is a config error, not a crash later.
+        OmegaConf.resolve(cfg)
+        _reject_unknown_keys(cfg, "")
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise BnlabError(_one_line(err)) from None
+    return cfg
+
+
+def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:
+    """`+key=value` bypasses the schema; a key no code reads would be silently ignored."""
+    schema = OmegaConf.get_type(node)
+    fields = getattr(schema, "__dataclass_fields__", None)
+    for key in node:
+        name = f"{prefix}{key}"
+        if fields is not None and key not in fields:
+            raise BnlabError(f"unknown config key '{name}' (bnlab train --help lists the keys)")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _reject_unknown_keys(child, f"{name}.")

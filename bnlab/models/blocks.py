@@ -1,0 +1,88 @@
+"""The building blocks of the CIFAR ResNet (He et al. 2016, section 4.2).
+
+``BasicBlock`` is conv3x3-norm-ReLU-conv3x3-norm, plus the shortcut, then ReLU.
+Its plain twin (``residual=False``) is the same block without the addition.
+``PadShortcut`` is the paper's option A: parameter free, so the residual and
+plain networks have exactly the same parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlab.config import NormConfig
+from bnlab.models.norms import conv_needs_bias, make_norm
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int, bias: bool) -> nn.Conv2d:
+    """3x3 convolution with padding 1: keeps the spatial size at stride 1, halves it at 2."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
+
+
+class PadShortcut(nn.Module):
+    """Option A shortcut: subsample by ``stride`` and zero-pad the new channels.
+
+    The identity part lands on the first ``in_channels`` channels and the
+    added ones are zero. (akamaster pads both sides equally; where the zeros go
+    is only a permutation of channels the next layer learns to read anyway.)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"cannot pad {in_channels} channels down to {out_channels}")
+        self.stride = stride
+        self.extra_channels = out_channels - in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        # F.pad's pairs run from the last dim backwards: (W, W, H, H, C_front, C_back).
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra_channels={self.extra_channels}"
+
+
+class BasicBlock(nn.Module):
+    """conv1-norm1-relu1-conv2-norm2 (+ shortcut) -relu2.
+
+    ``shortcut`` is None in the plain twin, so "no skip" is visible in the
+    module tree rather than hidden in a flag.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        norm: NormConfig,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        bias = conv_needs_bias(norm)
+        self.conv1 = conv3x3(in_channels, out_channels, stride, bias)
+        self.norm1 = make_norm(norm, out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = conv3x3(out_channels, out_channels, 1, bias)
+        self.norm2 = make_norm(norm, out_channels)
+        # Separate ReLU modules (not one shared, not in-place) so a forward
+        # hook on each sees exactly one activation.
+        self.relu2 = nn.ReLU()
+
+        self.shortcut: nn.Module | None
+        if not residual:
+            self.shortcut = None
+        elif stride != 1 or in_channels != out_channels:
+            self.shortcut = PadShortcut(in_channels, out_channels, stride)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        # Fixed at construction, not data dependent: torch.compile specialises on it.
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return self.relu2(out)

@@ -1,0 +1,129 @@
+"""One training run, read top to bottom: config -> data -> model -> fit -> summary.
+
+Everything that can be wrong with the input is checked before the run
+directory is created, so bad input never leaves a file behind.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from bnlab import __version__
+from bnlab.config import validate
+from bnlab.data import DeviceLoader, load_dataset
+from bnlab.models import build_model, count_params
+from bnlab.store import RunBusy, RunStore, check_writable, git_commit, run_id
+from bnlab.train.fit import fit
+from bnlab.train.loop import Reporter, SilentReporter
+from bnlab.train.runtime import resolve_runtime
+
+
+@dataclass
+class RunOutcome:
+    status: str  # completed | diverged | failed | done (finished before) | busy (locked elsewhere)
+    run_dir: Path
+    summary: dict[str, Any] | None
+    resumed_from: int = 0
+
+
+class RunFailed(Exception):
+    """The run crashed; its summary.json says so and rerunning resumes it."""
+
+    def __init__(self, outcome: RunOutcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
+    reporter = reporter or SilentReporter()
+    validate(cfg)
+    rt = resolve_runtime(cfg.train)
+    store = RunStore(cfg.paths.runs)
+    run = store.run_dir(cfg)
+    if run.is_finished():
+        return RunOutcome("done", run.path, run.summary())
+    check_writable(store.root)
+
+    data = load_dataset(cfg.data)  # missing or corrupt data fails here, before any write
+    train_loader = DeviceLoader(
+        data.train_x, data.train_y, cfg.data.batch_size, train=True, augment=cfg.data.augment,
+        mean=data.mean, std=data.std, device=rt.device, seed=cfg.train.seed,
+        channels_last=rt.channels_last,
+    )  # fmt: skip
+    test_loader = DeviceLoader(
+        data.test_x, data.test_y, cfg.data.eval_batch_size, train=False, augment=False,
+        mean=data.mean, std=data.std, device=rt.device, channels_last=rt.channels_last,
+    )  # fmt: skip
+
+    torch.manual_seed(cfg.train.seed)  # build_model initialises the weights from this seed
+    model = build_model(
+        cfg.model, cfg.norm, num_classes=len(data.classes), in_channels=data.train_x.shape[-1]
+    )
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    summary: dict[str, Any] = {
+        "run_id": run_id(cfg),
+        "dataset": data.variant,
+        "train_images": int(data.train_x.shape[0]),
+        "test_images": int(data.test_x.shape[0]),
+        "params": count_params(model),
+        "device": rt.describe(),
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "bnlab_version": __version__,
+        "git_commit": git_commit(),
+        "preset": cfg.preset_name,
+    }
+    try:
+        with run.lock():
+            run.clear_summary()  # a previously failed run is running again
+            run.write_config(cfg)
+            started = time.perf_counter()
+            try:
+                result = fit(model, train_loader, test_loader, cfg, rt, run, reporter)
+            except (KeyboardInterrupt, SystemExit):
+                raise  # interrupted: the checkpoint stays, rerunning resumes
+            except Exception as err:
+                summary |= {
+                    "status": "failed",
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc(),
+                    "wall_s": time.perf_counter() - started,
+                }
+                run.write_summary(summary)
+                outcome = RunOutcome("failed", run.path, summary)
+                raise RunFailed(outcome, summary["error"]) from err
+            rows = result.rows
+            summary |= {
+                "status": result.status,
+                "epochs": len(rows),
+                "epochs_planned": cfg.train.epochs,
+                "diverged_epoch": result.diverged_epoch,
+                "test_acc": rows[-1]["test_acc"] if rows else None,
+                "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
+                "train_acc": rows[-1]["train_acc"] if rows else None,
+                "train_loss": rows[-1]["train_loss"] if rows else None,
+                "test_loss": rows[-1]["test_loss"] if rows else None,
+                "train_s": result.train_seconds,
+                "wall_s": sum(r["time_s"] for r in rows),
+                "images_per_s": _mean([r["images_per_s"] for r in rows]),
+                "resumed_from_epoch": result.resumed_from,
+            }
+            run.write_summary(summary)
+    except RunBusy:
+        return RunOutcome("busy", run.path, None)
+    return RunOutcome(result.status, run.path, summary, result.resumed_from)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,273 @@
+"""The run store: run identity, the run directory, atomic writes.
+
+A run directory holds
+
+    config.yaml     the resolved config (everything, paths and logger included)
+    metrics.csv     one row per finished epoch
+    summary.json    written once the run ends: status completed | diverged | failed
+    checkpoint.pt   the state to resume from (model, optimizer, epoch, metrics so far)
+
+Identity is a hash of the *scientific* config only, so the same experiment run
+with another output folder, logger, device or thread count is the same run:
+re-running a command finds it and either reports it done or resumes it.
+
+Every file is written to a temporary name and renamed into place, so a run
+killed at any moment leaves either the old or the new version, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import math
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bnlab.errors import BnlabError
+
+# Keys that say how or where a run is executed or logged, not what is measured.
+NON_SCIENCE_KEYS = (
+    "paths",
+    "logger",
+    "preset_name",
+    "data.root",
+    "data.download",
+    "data.eval_batch_size",
+    "train.device",
+    "train.precision",
+    "train.channels_last",
+    "train.compile",
+    "train.threads",
+)
+
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "time_s",
+    "images_per_s",
+    "elapsed_s",
+)
+
+FINISHED = ("completed", "diverged")
+
+
+def science_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without the keys in NON_SCIENCE_KEYS."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    for dotted in NON_SCIENCE_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = plain
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return plain
+
+
+def run_id(cfg: DictConfig) -> str:
+    """12 hex digits of the SHA-256 of the scientific config (canonical JSON)."""
+    canonical = json.dumps(science_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable prefix for humans browsing runs/, then the identity."""
+    plain = "" if cfg.model.residual else "plain"
+    return f"{cfg.model.arch}{cfg.model.depth}{plain}-{cfg.norm.kind}-{run_id(cfg)}"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _json_safe(value: Any) -> Any:
+    # JSON has no NaN/inf; a diverged run's loss is written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def metrics_csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _format_cell(row.get(k)) for k in METRIC_COLUMNS})
+    return buf.getvalue()
+
+
+def _format_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly (resume equality is checked on these)
+    return value
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+def git_commit() -> str:
+    """The commit of the bnlab checkout that produced a run ("unknown" outside git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def check_writable(root: Path) -> None:
+    """Fail early, without creating anything, if run directories can't go under `root`."""
+    probe = root
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BnlabError(f"paths.runs={root}: {probe} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise BnlabError(f"paths.runs={root} is not writable: {e.strerror}") from None
+
+
+class RunBusy(Exception):
+    """Another process holds this run's lock (e.g. an overlapping sweep)."""
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def summary(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.summary_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_finished(self) -> bool:
+        s = self.summary()
+        return s is not None and s.get("status") in FINISHED
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive, non-blocking: two processes never train the same run at once."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusy(str(self.path)) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def write_config(self, cfg: DictConfig) -> None:
+        atomic_write_text(self.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+
+    def write_metrics(self, rows: Sequence[dict[str, Any]]) -> None:
+        atomic_write_text(self.metrics_file, metrics_csv_text(rows))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        text = json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(self.summary_file, text)
+
+    def clear_summary(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.summary_file.unlink()
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint_file, buf.getvalue())
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last complete checkpoint, or None (missing or unreadable: start over)."""
+        if not self.checkpoint_file.exists():
+            return None
+        try:
+            return torch.load(self.checkpoint_file, map_location="cpu", weights_only=False)
+        except Exception:  # a checkpoint we cannot read is as good as none
+            return None
+
+
+class RunStore:
+    """All run directories under one root (paths.runs)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def run_dir(self, cfg: DictConfig) -> RunDir:
+        return RunDir(self.root / run_name(cfg))
+
+    def runs(self) -> list[RunDir]:
+        if not self.root.is_dir():
+            return []
+        found = [RunDir(p) for p in self.root.iterdir() if (p / "config.yaml").exists()]
+        return sorted(found, key=lambda r: r.path.name)

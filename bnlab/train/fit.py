@@ -1,0 +1,121 @@
+"""Epochs, checkpoints and resumption around the hot loop.
+
+The checkpoint is the source of truth: it is written first each epoch (atomic)
+and carries the metric rows so far; metrics.csv is then rewritten from it. A
+run killed between the two is repaired on resume.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnlab.data import DeviceLoader
+from bnlab.store import RunDir
+from bnlab.train.loop import DivergenceGuard, Reporter, evaluate, train_epoch
+from bnlab.train.runtime import Runtime
+from bnlab.train.schedule import lr_factor
+
+
+@dataclass
+class FitResult:
+    status: str  # completed | diverged
+    rows: list[dict[str, float]]
+    diverged_epoch: int | None
+    resumed_from: int  # epochs already done when this call started
+    train_seconds: float  # cumulative over all calls
+
+
+def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
+    # He et al. apply weight decay to every parameter, BN's gamma/beta included.
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=optim.lr,
+        momentum=optim.momentum,
+        nesterov=optim.nesterov,
+        weight_decay=optim.weight_decay,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DeviceLoader,
+    test_loader: DeviceLoader,
+    cfg: Any,
+    rt: Runtime,
+    run: RunDir,
+    reporter: Reporter,
+) -> FitResult:
+    epochs = cfg.train.epochs
+    optimizer = build_optimizer(model, cfg.optim)
+    steps_per_epoch = len(train_loader)
+    total_steps = epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        return cfg.optim.lr * lr_factor(step, total_steps, steps_per_epoch, cfg.optim)
+
+    guard = DivergenceGuard(cfg.train.divergence_factor)
+    rows: list[dict[str, float]] = []
+    start_epoch, step, elapsed = 0, 0, 0.0
+    diverged_epoch: int | None = None
+    state = run.load_checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        guard.initial_loss = state["initial_loss"]
+        rows, start_epoch, step = state["rows"], state["epoch"], state["step"]
+        elapsed, diverged_epoch = state["elapsed_s"], state["diverged_epoch"]
+        run.write_metrics(rows)  # repair a CSV that lagged the checkpoint
+    resumed_from = start_epoch
+
+    forward = torch.compile(model) if rt.compile else model
+    # A run killed right after checkpointing its diverged epoch is already over.
+    first_epoch = epochs if diverged_epoch is not None else start_epoch
+    for epoch in range(first_epoch, epochs):
+        epoch_start = time.perf_counter()
+        reporter.epoch_start(epoch + 1, epochs, steps_per_epoch)
+        stats = train_epoch(
+            forward, train_loader, epoch, optimizer, lr_at, step, rt, guard, reporter
+        )
+        step += stats.steps
+        test_loss, test_acc = evaluate(forward, test_loader, rt)
+        elapsed += stats.seconds
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": stats.train_loss,
+            "train_acc": stats.train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": stats.lr,
+            "time_s": time.perf_counter() - epoch_start,
+            "images_per_s": stats.images / max(stats.seconds, 1e-9),
+            "elapsed_s": elapsed,
+        }
+        rows.append(row)
+        if stats.diverged:
+            diverged_epoch = epoch + 1
+        run.save_checkpoint(
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "initial_loss": guard.initial_loss,
+                "rows": rows,
+                "elapsed_s": elapsed,
+                "diverged_epoch": diverged_epoch,
+            }
+        )
+        run.write_metrics(rows)
+        reporter.epoch_end(row)
+        if stats.diverged:
+            break
+
+    status = "diverged" if diverged_epoch is not None else "completed"
+    return FitResult(status, rows, diverged_epoch, resumed_from, elapsed)

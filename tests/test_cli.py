@@ -1,0 +1,96 @@
+"""Bad input: one line on stderr, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_bnlab
+
+
+def _assert_clean_error(proc, needle: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("bnlab: error:")
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model.depth=21", "model.depth=21"),
+        ("optim.lr=abc", "optim.lr=abc"),
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("nosuchkey=1", "nosuchkey"),
+        ("norm=nonsense", "nonsense"),
+        ("train.epochs=-1", "train.epochs=-1"),
+        ("+norm.foo=1", "norm.foo"),
+        ("norm.groups=4", "norm.groups"),  # bn has no groups
+        ("train.device=gpu", "train.device"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(runs, override, needle):
+    proc = run_bnlab("train", override, f"paths.runs={runs}")
+    _assert_clean_error(proc, needle)
+    assert not runs.exists()
+
+
+def test_unwritable_runs_folder(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run_bnlab("train", "preset=smoke", f"paths.runs={blocker}/runs")
+    _assert_clean_error(proc, "paths.runs")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_missing_dataset(runs, tmp_path):
+    proc = run_bnlab(
+        "train", "preset=smoke", f"data.root={tmp_path / 'nowhere'}", f"paths.runs={runs}"
+    )
+    _assert_clean_error(proc, "nowhere")
+    assert not runs.exists()
+
+
+def test_corrupt_dataset(runs, tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "cifar10-jpeg.tar.gz").write_bytes(gzip.compress(b"this is not a tar archive"))
+    proc = run_bnlab("train", "preset=smoke", f"data.root={root}", f"paths.runs={runs}")
+    _assert_clean_error(proc, "cifar10-jpeg.tar.gz")
+    assert not runs.exists()
+
+
+def test_bad_input_never_damages_existing_results(runs):
+    finished = runs / "resnet20-bn-000000000000"
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text(json.dumps({"status": "completed"}))
+    before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+    for bad in ("model.depth=21", "norm=nonsense", "data.batch_size=0"):
+        _assert_clean_error(run_bnlab("train", bad, f"paths.runs={runs}"), bad.split("=")[1])
+    after = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_help_lists_groups_and_keys():
+    proc = run_bnlab("train", "--help")
+    assert proc.returncode == 0
+    for text in (
+        "norm",
+        "bn, gn, ln, none",
+        "preset",
+        "model.depth = 20",
+        "optim.lr",
+        "norm.groups",
+    ):
+        assert text in proc.stdout, text
+
+
+def test_paths_relative_to_a_missing_parent_are_fine(tmp_path: Path):
+    # Not an error: the runs folder (and its parents) are created on first use.
+    proc = run_bnlab("train", "model.depth=21", f"paths.runs={tmp_path}/a/b/c")
+    _assert_clean_error(proc, "6n+2")
