@@ -7,6 +7,8 @@ input ends as one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -140,6 +142,69 @@ def train(
         f"{outcome.status}: {acc_text} ({detail}) on {s.get('dataset')}, "
         f"{s.get('epochs')} epochs, {s.get('wall_s', 0):.0f}s{resumed} -> {where}"
     )
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def sweep(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Hydra overrides; comma lists sweep, e.g. norm=bn,none optim.lr=0.1,1"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the grid's runs and their state; run nothing.")
+    ] = False,
+) -> None:
+    """Run a grid through Hydra's multirun: experiment=NAME|all, hydra/launcher=joblib|submitit_*.
+
+    Finished runs are skipped, interrupted ones resumed. One failing or
+    diverging run never stops the sweep; the exit code is 1 only if a run failed.
+    """
+    from rich.console import Console
+
+    from bnlab.sweep.grid import expand, split_experiment_all
+
+    try:
+        sweeps = [expand(part) for part in split_experiment_all(overrides or [])]
+    except BnlabError as e:
+        raise _fail(str(e)) from None
+    if not any(s.jobs for s in sweeps):
+        raise _fail("the sweep has no runs")
+
+    from bnlab.sweep.launch import launch
+    from bnlab.sweep.table import render, rows_for
+
+    # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    all_rows = []
+    started = time.perf_counter()
+    for s in sweeps:
+        title = f"{s.experiment or 'sweep'}: {len(s.jobs)} runs, launcher {s.launcher}"
+        if not dry_run:
+            runs = Path(s.jobs[0].cfg.paths.runs)
+            try:
+                launch(s, runs)
+            except KeyboardInterrupt:
+                raise _fail("interrupted; run the same command again to resume", 130) from None
+        rows = rows_for(s)
+        all_rows += rows
+        render(title, s, rows, console)
+        if dry_run and "slurm" in s.launcher:
+            from bnlab.sweep.launch import sweep_dir
+            from bnlab.sweep.slurm import sbatch_script
+
+            folder = sweep_dir(Path(s.jobs[0].cfg.paths.runs), s)
+            console.print(f"sbatch script for each job (array of {len(s.jobs)}):")
+            typer.echo(sbatch_script(s.launcher_params, folder, "bnlab"))
+    counts: dict[str, int] = {}
+    for row in all_rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    verb = "would run" if dry_run else f"took {time.perf_counter() - started:.0f}s"
+    console.print(f"{len(all_rows)} runs ({summary}); {verb}", highlight=False)
+    if not dry_run and counts.get("failed", 0):
+        raise typer.Exit(EXIT_FAILED)
 
 
 def main() -> None:

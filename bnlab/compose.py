@@ -24,11 +24,21 @@ VERSION_BASE = "1.3"
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Selectable options per group (the base_* schemas are internal)."""
+    """Selectable options per group of conf/ (the base_* schemas are internal)."""
     groups: dict[str, list[str]] = {}
-    for d in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
+    for d in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "scale"):
         groups[d.name] = sorted(f.stem for f in d.glob("*.yaml"))
     return groups
+
+
+def group_options(group: str) -> list[str]:
+    """Options of any group, Hydra's own (hydra/launcher: basic, joblib, ...) included."""
+    if group in config_groups():
+        return config_groups()[group]
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
 def _one_line(err: BaseException) -> str:
@@ -40,7 +50,7 @@ def _one_line(err: BaseException) -> str:
         return f"unknown config key '{m.group(1)}' (bnlab train --help lists the keys)"
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = m.groups()
-        options = ", ".join(config_groups().get(group, []))
+        options = ", ".join(group_options(group))
         return f"unknown {group} '{option}' (choose one of: {options})"
     if m := re.search(r"Error merging override (\S+)", text):
         detail = str(cause).splitlines()[0] if cause else ""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from bnlab.errors import BnlabError
 
@@ -128,8 +128,41 @@ class TrainConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Measurements taken during or after training (they cost time, so off by default)."""
+
+    # After training, test accuracy with BN using *batch* statistics (train-mode
+    # normalisation, running averages untouched) at each of these eval batch sizes,
+    # beside the usual running-statistics accuracy. Empty: skip.
+    bn_eval_batch_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
 class LoggerConfig:
-    kind: str = "csv"  # the CSV store is always written; other kinds add a sink
+    kind: str = MISSING  # the CSV store is always written; other kinds add a sink
+
+
+@dataclass
+class CsvLoggerConfig(LoggerConfig):
+    kind: str = "csv"
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    """Weights & Biases: one wandb run per bnlab run, grouped by experiment."""
+
+    kind: str = "wandb"
+    project: str = "bnlab"
+    entity: str | None = None
+    mode: str = "offline"  # offline (no network needed; `wandb sync` later) | online | disabled
+    group: str | None = None  # None: the experiment name (or "adhoc" outside a sweep)
+    tags: list[str] = field(default_factory=list)
+
+
+LOGGER_SCHEMAS: dict[str, type[LoggerConfig]] = {
+    "csv": CsvLoggerConfig,
+    "wandb": WandbLoggerConfig,
+}
 
 
 @dataclass
@@ -145,18 +178,25 @@ class Config:
     optim: OptimConfig = MISSING
     logger: LoggerConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     preset_name: str = "full"  # set by the preset group; recorded, not hashed
+    experiment_name: str | None = None  # set by the experiment group; recorded, not hashed
 
 
 def register_configs() -> None:
     """Register the schemas; conf/*.yaml extend them through their defaults lists."""
+    # optim.lr: ${linear_lr:0.1,128,${data.batch_size}} -- Goyal et al.'s linear scaling rule.
+    OmegaConf.register_new_resolver(
+        "linear_lr", lambda base, ref, batch: float(base) * int(batch) / int(ref), replace=True
+    )
     cs = ConfigStore.instance()
     cs.store(name="bnlab_schema", node=Config)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="optim", name="base_optim", node=OptimConfig)
-    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    for kind, schema in LOGGER_SCHEMAS.items():
+        cs.store(group="logger", name=f"base_{kind}", node=schema)
     for kind, schema in NORM_SCHEMAS.items():
         cs.store(group="norm", name=f"base_{kind}", node=schema)
 
@@ -168,7 +208,7 @@ INITS = ("kaiming", "xavier", "orthogonal")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-LOGGERS = ("csv",)
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -246,5 +286,10 @@ def validate(cfg: Any) -> None:
     _positive("train.threads", t.threads, allow_none=True)
     _check(t.divergence_factor > 1.0, f"train.divergence_factor={t.divergence_factor} must be > 1")
 
-    _one_of("logger", cfg.logger.kind, LOGGERS)
+    for size in cfg.probe.bn_eval_batch_sizes:
+        _positive("probe.bn_eval_batch_sizes", size)
+
+    _one_of("logger", cfg.logger.kind, tuple(LOGGER_SCHEMAS))
+    if cfg.logger.kind == "wandb":
+        _one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
     _check(bool(cfg.paths.runs), "paths.runs must not be empty")

@@ -50,3 +50,23 @@ class ConsoleReporter:
             self.progress.stop()
             self.progress = None
         self.console.print(format_row(row, self.epochs), highlight=False, soft_wrap=True)
+
+
+class LineReporter:
+    """Plain, prefixed lines only: safe when several sweep jobs share one terminal."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.epochs = 0
+
+    def line(self, text: str) -> None:
+        print(f"[{self.prefix}] {text}", flush=True)
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
+
+    def step(self) -> None:
+        pass
+
+    def epoch_end(self, row: dict[str, float]) -> None:
+        self.line(format_row(row, self.epochs))

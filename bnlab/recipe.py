@@ -6,6 +6,7 @@ directory is created, so bad input never leaves a file behind.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 import traceback
@@ -20,9 +21,11 @@ from bnlab import __version__
 from bnlab.config import validate
 from bnlab.data import DeviceLoader, load_dataset
 from bnlab.models import build_model, count_params
+from bnlab.sinks import make_sink
 from bnlab.store import RunBusy, RunStore, check_writable, git_commit, run_id
 from bnlab.train.fit import fit
 from bnlab.train.loop import Reporter, SilentReporter
+from bnlab.train.probes import bn_eval
 from bnlab.train.runtime import resolve_runtime
 
 
@@ -79,6 +82,8 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
         "params": count_params(model),
         "device": rt.describe(),
         "host": platform.node(),
+        "pid": os.getpid(),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "bnlab_version": __version__,
         "git_commit": git_commit(),
@@ -88,9 +93,12 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
         with run.lock():
             run.clear_summary()  # a previously failed run is running again
             run.write_config(cfg)
+            sink = make_sink(cfg, run.path, summary["run_id"])
             started = time.perf_counter()
             try:
-                result = fit(model, train_loader, test_loader, cfg, rt, run, reporter)
+                result = fit(
+                    model, train_loader, test_loader, cfg, rt, run, reporter, sink.log_epoch
+                )
             except (KeyboardInterrupt, SystemExit):
                 raise  # interrupted: the checkpoint stays, rerunning resumes
             except Exception as err:
@@ -101,6 +109,7 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
                     "wall_s": time.perf_counter() - started,
                 }
                 run.write_summary(summary)
+                sink.finish(summary)
                 outcome = RunOutcome("failed", run.path, summary)
                 raise RunFailed(outcome, summary["error"]) from err
             rows = result.rows
@@ -119,7 +128,14 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
                 "images_per_s": _mean([r["images_per_s"] for r in rows]),
                 "resumed_from_epoch": result.resumed_from,
             }
+            sizes = list(cfg.probe.bn_eval_batch_sizes)
+            if sizes and result.status == "completed":
+                summary["bn_eval"] = bn_eval(
+                    model, data.test_x, data.test_y, sizes, data.mean, data.std, rt,
+                    cfg.train.seed,
+                )  # fmt: skip
             run.write_summary(summary)
+            sink.finish(summary)
     except RunBusy:
         return RunOutcome("busy", run.path, None)
     return RunOutcome(result.status, run.path, summary, result.resumed_from)

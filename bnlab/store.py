@@ -42,6 +42,7 @@ NON_SCIENCE_KEYS = (
     "paths",
     "logger",
     "preset_name",
+    "experiment_name",
     "data.root",
     "data.download",
     "data.eval_batch_size",
@@ -209,6 +210,21 @@ class RunDir:
             return json.loads(self.summary_file.read_text())
         except (OSError, ValueError):
             return None
+
+    def epochs_done(self) -> int:
+        """Rows in metrics.csv: how far an unfinished run got."""
+        try:
+            with open(self.metrics_file) as f:
+                return max(0, sum(1 for _ in f) - 1)
+        except OSError:
+            return 0
+
+    def state(self) -> str:
+        """completed | diverged | failed | partial | new -- for listings (dry runs, tables)."""
+        summary = self.summary()
+        if summary is not None:
+            return str(summary.get("status", "failed"))
+        return "partial" if self.epochs_done() > 0 else "new"
 
     def is_finished(self) -> bool:
         s = self.summary()

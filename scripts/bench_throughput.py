@@ -19,12 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
 from bnlab.config import BatchNormConfig, DataConfig, ModelConfig, OptimConfig
@@ -38,10 +41,12 @@ PAD = 4
 
 
 class PerSampleDataset(torch.utils.data.Dataset):
-    """The conventional pipeline: one image at a time, transforms in Python."""
+    """The conventional pipeline, one PIL image at a time, as torchvision's CIFAR10 +
+    RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize do it
+    (re-implemented with PIL and numpy because torchvision is not importable here)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std) -> None:
-        self.x, self.y = x, y
+        self.x, self.y = x.numpy(), y.tolist()
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
@@ -49,14 +54,14 @@ class PerSampleDataset(torch.utils.data.Dataset):
         return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = self.x[i].permute(2, 0, 1)  # C, H, W uint8
-        img = torch.nn.functional.pad(img, (PAD, PAD, PAD, PAD))
-        top, left = torch.randint(0, 2 * PAD + 1, (2,)).tolist()
-        img = img[:, top : top + 32, left : left + 32]
-        if torch.rand(()) < 0.5:
-            img = img.flip(-1)
-        img = img.float().div(255)
-        return (img - self.mean) / self.std, int(self.y[i])
+        img = Image.fromarray(self.x[i])
+        img = ImageOps.expand(img, border=PAD, fill=0)
+        top, left = random.randint(0, 2 * PAD), random.randint(0, 2 * PAD)
+        img = img.crop((left, top, left + 32, top + 32))
+        if random.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        tensor = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return (tensor.float().div(255) - self.mean) / self.std, self.y[i]
 
 
 class ReferenceLoader:
@@ -117,10 +122,12 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device(args.device)
-    rt = Runtime(device=device, autocast_dtype=None, channels_last=False, compile=False)
+    # The model runs as in a real bnlab run (channels_last), for all three pipelines.
+    rt = Runtime(device=device, autocast_dtype=None, channels_last=True, compile=False)
     data = load_dataset(DataConfig(name="cifar10_jpeg"))
     torch.manual_seed(0)
     model = build_model(ModelConfig(depth=args.depth), BatchNormConfig()).to(device)
+    model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, OptimConfig(lr=0.05))
     guard = DivergenceGuard(factor=1e9)
 
@@ -129,7 +136,7 @@ def main() -> None:
 
     device_loader = DeviceLoader(
         data.train_x, data.train_y, args.batch, train=True, augment=True,
-        mean=data.mean, std=data.std, device=device,
+        mean=data.mean, std=data.std, device=device, channels_last=True,
     )  # fmt: skip
     x0, y0 = next(device_loader.epoch(0))
     reference = DataLoader(

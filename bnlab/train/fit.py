@@ -8,6 +8,7 @@ run killed between the two is repaired on resume.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,13 @@ def fit(
     rt: Runtime,
     run: RunDir,
     reporter: Reporter,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
+    """Train to cfg.train.epochs (or divergence), resuming from the run's checkpoint.
+
+    `on_epoch` receives each new metrics row after it is safely on disk (e.g. a
+    wandb sink); rows from before a resume are not sent again.
+    """
     epochs = cfg.train.epochs
     optimizer = build_optimizer(model, cfg.optim)
     steps_per_epoch = len(train_loader)
@@ -113,6 +120,8 @@ def fit(
             }
         )
         run.write_metrics(rows)
+        if on_epoch is not None:
+            on_epoch(row)
         reporter.epoch_end(row)
         if stats.diverged:
             break

@@ -1,0 +1,218 @@
+"""Read a runs folder into two tidy tables: one row per run, one row per epoch.
+
+Only what the store wrote is read (config.yaml, metrics.csv, summary.json), so
+this works on a runs folder copied from another machine: no conf/, no absolute
+paths, no torch. A folder whose files cannot be read is skipped and named in a
+warning; the caller decides how to show warnings (library code never prints).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from bnlab.errors import BnlabError
+
+# The columns of metrics.csv (bnlab.store.METRIC_COLUMNS; not imported, as bnlab.store
+# imports torch and the report must not need it).
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "time_s",
+    "images_per_s",
+    "elapsed_s",
+)
+# A metrics.csv without these cannot be a bnlab one; the timing columns are optional.
+REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+# Without these a run cannot be placed on any claim's grid.
+REQUIRED_CONFIG = ("norm.kind", "model.depth", "optim.lr", "data.batch_size", "train.epochs")
+# Keys added to the schema after the first runs were made: runs that lack one ran
+# with its default, so the claims' selections still find them.
+BACKFILL: dict[str, Any] = {
+    "model.init_scale": 1.0,
+    "model.width": 16,
+    "model.residual": True,
+    "data.augment": True,
+    "experiment_name": None,
+}
+# Training images per epoch when a summary predates its `train_images` field and
+# data.train_size is null (the whole training set).
+FULL_TRAIN_IMAGES = {"cifar10": 50_000, "cifar10_jpeg": 50_000, "fashion_mnist": 60_000}
+SUMMARY_NUMERIC = (
+    "test_acc",
+    "best_test_acc",
+    "train_acc",
+    "train_loss",
+    "test_loss",
+    "epochs",
+    "epochs_planned",
+    "diverged_epoch",
+    "params",
+    "wall_s",
+    "train_s",
+    "images_per_s",
+    "train_images",
+    "test_images",
+)
+# Folder names end in the run's 12-hex identity: <arch><depth>[plain]-<norm>-<id>.
+RUN_ID = re.compile(r"-([0-9a-f]{12})$")
+
+
+class CorruptRun(Exception):
+    """One file of a run folder cannot be read; the message says which and why."""
+
+
+@dataclass
+class RunTables:
+    runs: pd.DataFrame  # one row per run: dotted config keys, summary fields, run_dir, status
+    epochs: pd.DataFrame  # one row per run and epoch: run_id + the metrics.csv columns
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (folder name, reason)
+
+
+def load_runs(root: Path) -> RunTables:
+    """Every run folder under `root` (hidden folders such as .sweeps are not runs)."""
+    root = Path(root)
+    if not root.exists():
+        raise BnlabError(f"runs folder {root} does not exist (train or sweep first)")
+    if not root.is_dir():
+        raise BnlabError(f"runs folder {root} is not a folder")
+    rows: list[dict[str, Any]] = []
+    curves: list[pd.DataFrame] = []
+    warnings: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            row, metrics = read_run(folder)
+        except CorruptRun as err:
+            skipped.append((folder.name, str(err)))
+            warnings.append(f"skipped run folder {folder.name}: {err}")
+            continue
+        rid = row["run_id"]
+        if rid in seen:  # e.g. the same run copied under two names: count it once
+            reason = f"duplicate of {seen[rid]} (same run id {rid})"
+            skipped.append((folder.name, reason))
+            warnings.append(f"skipped run folder {folder.name}: {reason}")
+            continue
+        seen[rid] = folder.name
+        if metrics is None and row["status"] in ("completed", "diverged"):
+            warnings.append(f"run folder {folder.name} has no metrics.csv: no per-epoch curve")
+        if metrics is not None and not metrics.empty:
+            curves.append(metrics.assign(run_id=rid))
+        rows.append(row)
+    if not rows:
+        detail = f" ({len(skipped)} unreadable)" if skipped else ""
+        raise BnlabError(f"no readable runs in {root}{detail} (train or sweep first)")
+    runs = _tidy_runs(rows)
+    columns = ["run_id", *METRIC_COLUMNS]
+    epochs = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=columns)
+    epochs = epochs.reindex(columns=columns)
+    return RunTables(runs=runs, epochs=epochs, warnings=warnings, skipped=skipped)
+
+
+def read_run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """One run's row and its metrics (None when it has no metrics.csv yet)."""
+    row = read_config(folder / "config.yaml")
+    summary = read_summary(folder / "summary.json")
+    metrics = read_metrics(folder / "metrics.csv")
+    match = RUN_ID.search(folder.name)
+    row["run_id"] = match.group(1) if match else (summary or {}).get("run_id") or folder.name
+    row["run_name"] = folder.name
+    row["run_dir"] = str(folder)
+    if summary is None:
+        row["status"] = "incomplete"  # still training, or killed before it finished
+    else:
+        summary.pop("run_id", None)  # the folder's id is the key; the same value anyway
+        summary.pop("traceback", None)  # many lines; the one-line `error` is kept
+        row.update(flatten(summary))
+    if row.get("train_images") is None:
+        size = row.get("data.train_size")
+        row["train_images"] = size if size else FULL_TRAIN_IMAGES.get(row.get("data.name"))
+    return row, metrics
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CorruptRun("no config.yaml (not a run, or it never started)")
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # YAML and OmegaConf raise many types; all mean unreadable
+        raise CorruptRun(f"unreadable config.yaml ({_first_line(err)})") from None
+    if not isinstance(tree, dict):
+        raise CorruptRun("config.yaml is not a mapping")
+    flat = flatten(tree)
+    missing = [k for k in REQUIRED_CONFIG if flat.get(k) is None]
+    if missing:
+        raise CorruptRun(f"config.yaml lacks {', '.join(missing)}")
+    for key, default in BACKFILL.items():
+        flat.setdefault(key, default)
+    return flat
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CorruptRun(f"unreadable summary.json ({_first_line(err)})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+        raise CorruptRun("summary.json has no status")
+    return summary
+
+
+def read_metrics(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        # dtype=float: any non-numeric cell is corruption; "nan", "inf" and "" are numbers
+        # (a diverged run's losses), so they parse.
+        metrics = pd.read_csv(path, dtype=float)
+    except (OSError, ValueError) as err:  # ParserError, EmptyDataError, UnicodeDecodeError
+        raise CorruptRun(f"unreadable metrics.csv ({_first_line(err)})") from None
+    missing = [c for c in REQUIRED_METRICS if c not in metrics.columns]
+    if missing:
+        raise CorruptRun(f"metrics.csv lacks column(s) {', '.join(missing)}")
+    metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
+    metrics["epoch"] = metrics["epoch"].astype(int)
+    return metrics
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys ({"norm": {"kind": "bn"}} -> {"norm.kind": "bn"})."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _tidy_runs(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    runs = pd.DataFrame(rows)
+    for column in SUMMARY_NUMERIC:
+        if column in runs:
+            runs[column] = pd.to_numeric(runs[column], errors="coerce")
+    for column in [c for c in runs.columns if c.startswith("bn_eval.")]:
+        runs[column] = pd.to_numeric(runs[column], errors="coerce")
+    # Identity and location first; the rest alphabetically so runs.csv is easy to scan.
+    first = ["run_id", "run_name", "status", "run_dir"]
+    return runs[first + sorted(c for c in runs.columns if c not in first)]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,248 @@
+"""Write a report folder: report.md, a standalone report.html, figures/, runs.csv, epochs.csv.
+
+Markdown and HTML are rendered from the same pieces (header facts, claim
+sections, problem runs) so they never disagree. The HTML embeds its figures as
+base64 PNG and its CSS inline: it opens from disk with no server or network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bnlab.report.claims import ClaimResult
+from bnlab.report.load import RunTables
+from bnlab.report.plots import FIGURES, save_figure
+from bnlab.report.tables import cell_text, html_table, markdown_table
+
+TITLE = "bnlab report: popular claims about Batch Normalization"
+FIGURES_DIR = "figures"
+# What a report folder holds, in the order it is moved into place: figures first and
+# the documents last, so a reader who opens report.md as it appears finds its figures.
+OWNED = (FIGURES_DIR, "runs.csv", "epochs.csv", "report.md", "report.html")
+MAX_LISTED = 8  # commits/devices listed before "and N more"
+
+
+@dataclass
+class Written:
+    """The files written, relative to the report folder."""
+
+    report_md: Path
+    report_html: Path
+    runs_csv: Path
+    epochs_csv: Path
+    figures: list[Path]
+
+
+def write_report(folder: Path, tables: RunTables, claims: list[ClaimResult]) -> Written:
+    """Everything into `folder` (a staging folder: the caller moves it into place)."""
+    fig_dir = folder / FIGURES_DIR
+    fig_dir.mkdir()
+    figures: list[Path] = []
+    pngs: dict[str, bytes] = {}
+    for claim in claims:
+        for key in claim.figures:
+            if key in pngs:
+                continue
+            fig = FIGURES[key](claim)
+            png, svg = save_figure(fig, fig_dir, key)
+            figures += [png.relative_to(folder), svg.relative_to(folder)]
+            pngs[key] = png.read_bytes()
+    runs_csv, epochs_csv = folder / "runs.csv", folder / "epochs.csv"
+    _csv_ready(tables.runs).to_csv(runs_csv, index=False)
+    tables.epochs.to_csv(epochs_csv, index=False)
+    facts = header_facts(tables)
+    problems = problem_runs(tables)
+    report_md, report_html = folder / "report.md", folder / "report.html"
+    report_md.write_text(render_markdown(facts, claims, problems))
+    report_html.write_text(render_html(facts, claims, problems, pngs))
+    names = [p.relative_to(folder) for p in (report_md, report_html, runs_csv, epochs_csv)]
+    return Written(*names, figures=figures)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def header_facts(tables: RunTables) -> list[tuple[str, str]]:
+    runs = tables.runs
+    counts = runs["status"].value_counts()
+    by_status = ", ".join(f"{n} {s}" for s, n in counts.sort_index().items())
+    skipped = f"; {len(tables.skipped)} unreadable folder(s) skipped" if tables.skipped else ""
+    return [
+        ("Dataset variants", _listing(runs.get("dataset"))),
+        ("Presets", _listing(runs.get("preset_name"))),
+        ("Runs", f"{len(runs)} ({by_status}){skipped}"),
+        ("bnlab versions", _listing(runs.get("bnlab_version"))),
+        ("Git commits", _listing(runs.get("git_commit"))),
+        ("Devices", _listing(runs.get("device"))),
+    ]
+
+
+def problem_runs(tables: RunTables) -> pd.DataFrame:
+    """Folders that gave no result: skipped (unreadable), incomplete, failed."""
+    rows = [
+        {"run folder": name, "status": "skipped", "reason": why} for name, why in tables.skipped
+    ]
+    runs = tables.runs
+    for _, run in runs[runs["status"].isin(["incomplete", "failed"])].iterrows():
+        if run["status"] == "incomplete":
+            reason = "no summary.json: still running or interrupted (rerun to resume)"
+        else:
+            reason = str(run.get("error") or "failed (no error recorded)")
+        rows.append({"run folder": run["run_name"], "status": run["status"], "reason": reason})
+    return pd.DataFrame(rows, columns=["run folder", "status", "reason"])
+
+
+def verdict_table(claims: list[ClaimResult]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "claim": [c.key for c in claims],
+            "statement": [c.claim for c in claims],
+            "verdict": [c.verdict for c in claims],
+            "runs from": [c.setting.caption if c.setting else "–" for c in claims],
+        }
+    )
+
+
+def numbers_table(numbers: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"quantity": list(numbers), "value": [_number(v) for v in numbers.values()]}
+    )
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def render_markdown(
+    facts: list[tuple[str, str]], claims: list[ClaimResult], problems: pd.DataFrame
+) -> str:
+    out = [f"# {TITLE}", ""]
+    out += [f"- **{label}:** {value}" for label, value in facts]
+    out += ["", "## Verdicts", "", markdown_table(verdict_table(claims)), ""]
+    for i, c in enumerate(claims, 1):
+        out += [f"## {i}. {c.title}: {c.verdict}", ""]
+        out += [f"**Claim.** {c.claim}", "", f"**Verdict.** **{c.verdict}**", ""]
+        if c.setting:
+            out += [f"**Runs.** {c.setting.caption}", ""]
+        out += [f"**Rule.** {c.rule}", ""]
+        if c.numbers:
+            out += ["**Deciding numbers.**", "", markdown_table(numbers_table(c.numbers)), ""]
+        if not c.evidence.empty:
+            out += ["**Evidence.**", "", markdown_table(c.evidence), ""]
+        if c.notes:
+            out += ["**Notes.**", "", *[f"- {n}" for n in c.notes], ""]
+        for key in c.figures:
+            out += [
+                f"![{c.title}: {key}]({FIGURES_DIR}/{key}.png)",
+                "",
+                f"Figure `{key}` ([SVG]({FIGURES_DIR}/{key}.svg)).",
+                "",
+            ]
+    out += ["## Runs without a result", ""]
+    out += [markdown_table(problems) if not problems.empty else "None.", ""]
+    out += [
+        "## Data",
+        "",
+        "`runs.csv`: one row per run. `epochs.csv`: one row per run and epoch.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 72rem;
+       margin: 2rem auto; padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .88rem; }
+th, td { border: 1px solid #ccc; padding: .25rem .55rem; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+img { max-width: 100%; border: 1px solid #eee; }
+.verdict { font-weight: bold; padding: .1rem .45rem; border-radius: .3rem; }
+.v-supported { background: #d8f0d8; } .v-not-supported { background: #f6d5d5; }
+.v-inconclusive { background: #fbeec8; } .v-no-data, .v-descriptive { background: #e4e4e4; }
+.rule { background: #f8f8f8; border-left: 3px solid #bbb; padding: .4rem .7rem; }
+"""
+
+
+def render_html(
+    facts: list[tuple[str, str]],
+    claims: list[ClaimResult],
+    problems: pd.DataFrame,
+    pngs: dict[str, bytes],
+) -> str:
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(TITLE)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{e(TITLE)}</h1><ul>",
+        *[f"<li><strong>{e(label)}:</strong> {e(value)}</li>" for label, value in facts],
+        "</ul><h2>Verdicts</h2>",
+        html_table(verdict_table(claims)),
+    ]
+    for i, c in enumerate(claims, 1):
+        out += [
+            f'<h2 id="{e(c.key)}">{i}. {e(c.title)}: {_badge(c.verdict)}</h2>',
+            f"<p><strong>Claim.</strong> {e(c.claim)}</p>",
+        ]
+        if c.setting:
+            out.append(f"<p><strong>Runs.</strong> {e(c.setting.caption)}</p>")
+        out.append(f'<p class="rule"><strong>Rule.</strong> {e(c.rule)}</p>')
+        if c.numbers:
+            out += ["<h3>Deciding numbers</h3>", html_table(numbers_table(c.numbers))]
+        if not c.evidence.empty:
+            out += ["<h3>Evidence</h3>", html_table(c.evidence)]
+        if c.notes:
+            out += ["<h3>Notes</h3><ul>", *[f"<li>{e(n)}</li>" for n in c.notes], "</ul>"]
+        for key in c.figures:
+            data = base64.b64encode(pngs[key]).decode("ascii")
+            out.append(
+                f'<figure><img alt="{e(c.title)}: {e(key)}" '
+                f'src="data:image/png;base64,{data}"><figcaption>Figure {e(key)}'
+                "</figcaption></figure>"
+            )
+    out.append("<h2>Runs without a result</h2>")
+    out.append(html_table(problems) if not problems.empty else "<p>None.</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _badge(verdict: str) -> str:
+    css = "v-" + verdict.lower().replace(" ", "-")
+    return f'<span class="verdict {css}">{html.escape(verdict)}</span>'
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _listing(col: pd.Series | None) -> str:
+    if col is None:
+        return "unknown"
+    values = sorted({str(v) for v in col.dropna()})
+    if not values:
+        return "unknown"
+    more = f" and {len(values) - MAX_LISTED} more" if len(values) > MAX_LISTED else ""
+    return ", ".join(values[:MAX_LISTED]) + more
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(cell_text(v) for v in value) or "none"
+    return cell_text(value)
+
+
+def _csv_ready(runs: pd.DataFrame) -> pd.DataFrame:
+    """List-valued config cells (e.g. optim.milestones) as JSON, not Python reprs."""
+    out = runs.copy()
+    for column in out.columns:
+        if out[column].map(lambda v: isinstance(v, list)).any():
+            out[column] = out[column].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
+    return out

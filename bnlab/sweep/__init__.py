@@ -1,0 +1,1 @@
+"""`bnlab sweep`: a grid of runs through Hydra's multirun (sweeper + launcher plugins)."""

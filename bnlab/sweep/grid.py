@@ -1,0 +1,103 @@
+"""Expand a sweep into its jobs exactly as Hydra's basic sweeper will, and check each.
+
+Expanding up front lets `bnlab sweep` reject bad input before any run starts
+(an unknown experiment or launcher, a grid value of the wrong type) and list
+the grid with `--dry-run`; the runs themselves are still launched by Hydra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bnlab.compose import CONFIG_DIR, VERSION_BASE, _one_line, config_groups, load_config
+from bnlab.config import register_configs, validate
+from bnlab.errors import BnlabError
+
+ALL = "all"
+
+
+@dataclass
+class Job:
+    overrides: list[str]  # the task overrides Hydra gives this job
+    cfg: DictConfig  # its composed, validated config
+
+
+@dataclass
+class Sweep:
+    experiment: str | None
+    task_overrides: list[str]  # what the user typed, minus hydra.* overrides
+    hydra_overrides: list[str]  # hydra/launcher=..., hydra.launcher.n_jobs=...
+    launcher: str
+    launcher_params: dict[str, Any]  # hydra.launcher as composed (unresolved interpolations)
+    jobs: list[Job]
+
+    def varying_keys(self) -> list[str]:
+        """The keys whose value differs between jobs (the table's columns)."""
+        keys: dict[str, set[str]] = {}
+        for job in self.jobs:
+            for o in job.overrides:
+                key, _, value = o.partition("=")
+                keys.setdefault(key, set()).add(value)
+        return [k for k, values in keys.items() if len(values) > 1]
+
+
+def _is_hydra_override(text: str) -> bool:
+    key = text.lstrip("+~").split("=", 1)[0]
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def experiments() -> list[str]:
+    return config_groups().get("experiment", [])
+
+
+def split_experiment_all(overrides: Sequence[str]) -> list[list[str]]:
+    """`experiment=all` means one sweep per claim, in a fixed order."""
+    if f"experiment={ALL}" not in overrides:
+        return [list(overrides)]
+    rest = [o for o in overrides if o != f"experiment={ALL}"]
+    return [[f"experiment={name}", *rest] for name in experiments()]
+
+
+def expand(overrides: Sequence[str]) -> Sweep:
+    """The jobs of one sweep; raises BnlabError naming the first bad input."""
+    register_configs()
+    hydra_overrides = [o for o in overrides if _is_hydra_override(o)]
+    task_overrides = [o for o in overrides if not _is_hydra_override(o)]
+    try:
+        parser = OverridesParser.create()
+        parsed = parser.parse_overrides(list(task_overrides))
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
+            base = compose("config", overrides=[*fixed, *hydra_overrides], return_hydra_config=True)
+        hydra_cfg = base.hydra
+        node = hydra_cfg.sweeper.get("params")
+        params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
+        assert isinstance(params, dict)
+        # Hydra's basic sweeper: the experiment's grid first, the command line after it.
+        grid = [f"{k}={v}" for k, v in params.items()] + list(task_overrides)
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(grid), None)
+        launcher = str(hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
+        launcher_params = OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
+        assert isinstance(launcher_params, dict)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise BnlabError(_one_line(err)) from None
+
+    jobs = []
+    for job_overrides in (job for batch in batches for job in batch):
+        try:
+            cfg = load_config(job_overrides)
+            validate(cfg)
+        except BnlabError as err:
+            raise BnlabError(f"grid point {' '.join(job_overrides)}: {err}") from None
+        jobs.append(Job(job_overrides, cfg))
+    experiment = jobs[0].cfg.experiment_name if jobs else None
+    return Sweep(experiment, list(task_overrides), hydra_overrides, launcher, launcher_params, jobs)

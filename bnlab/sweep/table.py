@@ -1,0 +1,78 @@
+"""The end-of-sweep table: every grid point, its status, accuracy and time (read from the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from bnlab.store import RunStore
+from bnlab.sweep.grid import Sweep
+
+STATUS_STYLE = {
+    "completed": "green",
+    "diverged": "yellow",
+    "failed": "bold red",
+    "partial": "cyan",
+    "new": "dim",
+}
+
+
+@dataclass
+class Row:
+    settings: dict[str, str]
+    status: str
+    epochs: str
+    test_acc: float | None
+    wall_s: float | None
+    run_dir: str
+
+
+def rows_for(sweep: Sweep) -> list[Row]:
+    keys = sweep.varying_keys()
+    rows = []
+    for job in sweep.jobs:
+        run = RunStore(job.cfg.paths.runs).run_dir(job.cfg)
+        summary = run.summary() or {}
+        settings = {}
+        for o in job.overrides:
+            key, _, value = o.partition("=")
+            if key in keys:
+                settings[key] = value
+        planned = job.cfg.train.epochs
+        rows.append(
+            Row(
+                settings=settings,
+                status=run.state(),
+                epochs=f"{run.epochs_done()}/{planned}",
+                test_acc=summary.get("test_acc"),
+                wall_s=summary.get("wall_s"),
+                run_dir=run.path.name.rsplit("-", 1)[-1],
+            )
+        )
+    return rows
+
+
+def render(title: str, sweep: Sweep, rows: list[Row], console: Console) -> None:
+    keys = sweep.varying_keys()
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    for key in keys:
+        table.add_column(key, overflow="fold")
+    for name in ("status", "epochs", "test acc", "time", "run id"):
+        table.add_column(name, justify="right" if name in ("test acc", "time") else "left")
+    for i, row in enumerate(rows):
+        style = STATUS_STYLE.get(row.status, "")
+        acc = f"{100 * row.test_acc:.2f}%" if row.test_acc is not None else "-"
+        wall = f"{row.wall_s:.0f}s" if row.wall_s is not None else "-"
+        table.add_row(
+            str(i),
+            *(row.settings.get(k, "") for k in keys),
+            f"[{style}]{row.status}[/]" if style else row.status,
+            row.epochs,
+            acc,
+            wall,
+            row.run_dir,
+        )
+    console.print(table)
