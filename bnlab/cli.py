@@ -207,6 +207,37 @@ def sweep(
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command()
+def report(
+    runs: Annotated[
+        Path | None, typer.Option("--runs", help="Runs folder (default: paths.runs)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where the report goes")] = Path("results"),
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="One claim only, e.g. lr")
+    ] = None,
+) -> None:
+    """Tables, figures and a verdict per claim, computed from the run store."""
+    from bnlab.report import build_report
+
+    if runs is None:
+        from bnlab.compose import load_config
+
+        try:
+            runs = Path(load_config([]).paths.runs)
+        except BnlabError as e:
+            raise _fail(str(e)) from None
+    try:
+        result = build_report(runs, out, experiment)
+    except BnlabError as e:
+        raise _fail(str(e)) from None
+    for warning in result.warnings:
+        typer.echo(f"bnlab: warning: {warning}", err=True)
+    for claim in result.claims:
+        typer.echo(f"{claim.key:<15} {claim.verdict:<14} {claim.title}")
+    typer.echo(f"report: {result.report_md} and {result.report_html}")
+
+
 def main() -> None:
     app()
 
