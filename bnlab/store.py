@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab.errors import BnlabError
@@ -259,6 +258,8 @@ class RunDir:
             self.summary_file.unlink()
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        import torch  # here, not at the top: the report reads stores without torch
+
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.checkpoint_file, buf.getvalue())
@@ -267,6 +268,8 @@ class RunDir:
         """The last complete checkpoint, or None (missing or unreadable: start over)."""
         if not self.checkpoint_file.exists():
             return None
+        import torch
+
         try:
             return torch.load(self.checkpoint_file, map_location="cpu", weights_only=False)
         except Exception:  # a checkpoint we cannot read is as good as none

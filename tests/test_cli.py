@@ -94,3 +94,38 @@ def test_paths_relative_to_a_missing_parent_are_fine(tmp_path: Path):
     # Not an error: the runs folder (and its parents) are created on first use.
     proc = run_bnlab("train", "model.depth=21", f"paths.runs={tmp_path}/a/b/c")
     _assert_clean_error(proc, "6n+2")
+
+
+# ----------------------------------------------------------------------------- bnlab report
+
+
+def test_report_on_an_empty_or_missing_runs_folder_is_exit_2(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (empty, tmp_path / "missing"):
+        proc = run_bnlab("report", "--runs", str(folder), "--out", str(tmp_path / "out"))
+        _assert_clean_error(proc, str(folder.name))
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_from_the_cli_writes_the_report_and_warns_about_broken_runs(tmp_path):
+    from tests.report_synth import make_run
+
+    runs = tmp_path / "runs"
+    for norm, lr, acc in (("bn", 0.1, 0.8), ("bn", 1.0, 0.78), ("none", 0.1, 0.75)):
+        make_run(runs, norm=norm, final=acc, config={"optim.lr": lr})
+    make_run(runs, norm="none", status="diverged", config={"optim.lr": 1.0})
+    broken = make_run(runs, norm="gn", final=0.7)
+    (broken / "summary.json").write_text("{not json")
+
+    out = tmp_path / "report"
+    proc = run_bnlab("report", "--runs", str(runs), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "lr" in proc.stdout and "SUPPORTED" in proc.stdout
+    assert broken.name in proc.stderr and "warning" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (out / "report.md").exists() and (out / "report.html").exists()
+    assert list((out / "figures").glob("*.png"))
+
+    bad = run_bnlab("report", "--runs", str(runs), "--out", str(out), "--experiment", "nope")
+    _assert_clean_error(bad, "nope")

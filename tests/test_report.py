@@ -95,6 +95,15 @@ def test_lr_accuracy_far_below_the_best_does_not_count_as_training(runs):
     assert r.verdict == "NOT SUPPORTED"
 
 
+def test_lr_a_net_stuck_near_chance_does_not_train(runs):
+    # none never learns (11-13%): its "best" is chance, so no lr of it trains.
+    lr_runs(runs, {"bn": {0.01: 0.40, 0.1: 0.45}, "none": {0.01: 0.128, 0.1: 0.11}})
+    r = lr_claim(*tables(runs))
+    assert r.numbers["none_largest_trainable_lr"] is None
+    assert r.numbers["bn_largest_trainable_lr"] == 0.1
+    assert r.verdict == "SUPPORTED"
+
+
 def test_lr_inconclusive_with_one_lr_or_when_both_train_at_the_top(runs, tmp_path):
     lr_runs(runs, {"bn": {0.1: 0.80}, "none": {0.1: 0.75}})
     assert lr_claim(*tables(runs)).verdict == "INCONCLUSIVE"
@@ -162,6 +171,15 @@ def test_seed_spread_turns_a_small_difference_inconclusive(runs, tmp_path):
     assert r.numbers["bn_extra_drop_vs_gn_pp"] == pytest.approx(3.0)
     assert r.numbers["bn_extra_drop_vs_gn_margin_pp"] > 3.0
     assert r.verdict == "INCONCLUSIVE"
+
+
+def test_batch_not_supported_when_bn_gains_at_small_batch_even_if_less_than_gn(runs):
+    # Every norm is better at batch 8; BN gains 5 pp, GN 6 pp: BN "drops" 1 pp more
+    # than GN, but it does not degrade, so the claim is not supported.
+    batch_runs(runs, {"bn": {8: [0.53], 128: [0.48]}, "gn": {8: [0.40], 128: [0.34]}})
+    r = batch_claim(*tables(runs))
+    assert r.numbers["bn_drop_outcome"] == "less"
+    assert r.verdict == "NOT SUPPORTED"
 
 
 def test_batch_ignores_runs_off_the_linear_lr_rule(runs):
@@ -276,6 +294,23 @@ def test_convergence_supported_when_bn_reaches_the_target_sooner(runs, tmp_path)
     for norm, speed in (("bn", 0.3), ("none", 1.5)):
         make_run(slow, norm=norm, final=0.7, speed=speed, config=STANDARD_LRS)
     assert convergence_claim(*tables(slow)).verdict == "NOT SUPPORTED"
+
+
+def test_convergence_target_is_never_below_clearly_learning(runs, tmp_path):
+    # none sits at chance (best 12%): a 90%-of-12% target would be "reached" by both at
+    # epoch 1. The target is floored at 20%, which only BN reaches.
+    make_run(runs, norm="bn", final=0.5, speed=0.5, config={"optim.lr": 0.003})
+    make_run(runs, norm="none", final=0.12, speed=0.5, config={"optim.lr": 0.003})
+    r = convergence_claim(*tables(runs))
+    assert r.numbers["lr_0.003_target_acc_pct"] == pytest.approx(20.0)
+    assert r.verdict == "SUPPORTED"
+    # An lr where neither norm gets there tells nothing and is left out.
+    stuck = tmp_path / "stuck"
+    make_run(stuck, norm="bn", final=0.13, config={"optim.lr": 0.001})
+    make_run(stuck, norm="none", final=0.12, config={"optim.lr": 0.001})
+    r = convergence_claim(*tables(stuck))
+    assert r.verdict == "INCONCLUSIVE"
+    assert any("left out" in n for n in r.notes)
 
 
 # ----------------------------------------------------------------------------- the report files

@@ -107,8 +107,10 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
         ["model.residual=false", "model.depth=32"],
         ["norm=gn", "data.batch_size=4", "train.seed=3", "data.train_size=64"],
         ["norm=ln", "optim.schedule=multistep"],
+        ["train.precision=bf16", "train.channels_last=false"],
+        ["optim.schedule=cosine", "optim.warmup_epochs=0.5", "optim.nesterov=true"],
     ],
-    ids=["deep-none", "plain", "gn-batch4", "ln"],
+    ids=["deep-none", "plain", "gn-batch4", "ln", "bf16-autocast", "cosine-warmup"],
 )
 def test_the_issue_examples_train(runs, overrides):
     proc = run_bnlab("train", "preset=smoke", "train.epochs=1", *overrides, f"paths.runs={runs}")
@@ -130,6 +132,16 @@ def test_fashion_mnist_trains(runs):
     summary = json.loads((only_run(runs) / "summary.json").read_text())
     assert summary["dataset"] == "Fashion-MNIST"
     assert summary["params"] < 269_722  # one input channel instead of three
+
+
+@pytest.mark.slow
+def test_compiled_training_runs_on_cpu(runs):
+    proc = run_bnlab(
+        "train", "preset=smoke", "train.epochs=1", "train.compile=true", f"paths.runs={runs}",
+        timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "compiled" in json.loads((only_run(runs) / "summary.json").read_text())["device"]
 
 
 @pytest.mark.slow

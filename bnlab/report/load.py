@@ -18,20 +18,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from bnlab.errors import BnlabError
+from bnlab.store import METRIC_COLUMNS
 
-# The columns of metrics.csv (bnlab.store.METRIC_COLUMNS; not imported, as bnlab.store
-# imports torch and the report must not need it).
-METRIC_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "lr",
-    "time_s",
-    "images_per_s",
-    "elapsed_s",
-)
 # A metrics.csv without these cannot be a bnlab one; the timing columns are optional.
 REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 # Without these a run cannot be placed on any claim's grid.

@@ -118,8 +118,13 @@ def training_curves(result: ClaimResult) -> Figure:
     if target is not None:
         acc_ax.axhline(target, color="0.3", ls="--", lw=1, label=f"target {target:.1f}%")
     acc_ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    loss_ax.set_ylabel("training loss (cross-entropy), mean ± std")
-    loss_ax.set_ylim(bottom=0)
+    loss_ax.set_ylabel("training loss (cross-entropy, log scale), mean ± std")
+    # Log scale: a diverging run's loss (hundreds or more) must not flatten the others.
+    loss = curves["train_loss"].replace([np.inf, -np.inf], np.nan).dropna()
+    if not loss.empty and (loss > 0).all():
+        loss_ax.set_yscale("log")
+    else:
+        loss_ax.set_ylim(bottom=0)
     for ax in (acc_ax, loss_ax):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bnlab.store import NON_SCIENCE_KEYS
+
 FINISHED = ("completed", "diverged")  # incomplete and failed runs carry no result
 
 # The recipe every claim holds fixed unless it varies that factor (He et al.'s ResNet-20).
@@ -54,16 +56,7 @@ LINEAR_LR_BASE, LINEAR_LR_BATCH = 0.1, 128  # conf's ${linear_lr:0.1,128,batch}
 # runs and the lr sweep's) trained identically and count once at a grid point.
 TRAINING_PREFIXES = ("data.", "model.", "norm.", "optim.", "train.")
 # bnlab.store.NON_SCIENCE_KEYS within those sections: how a run executed, not what.
-EXECUTION_KEYS = (
-    "data.root",
-    "data.download",
-    "data.eval_batch_size",
-    "train.device",
-    "train.precision",
-    "train.channels_last",
-    "train.compile",
-    "train.threads",
-)
+EXECUTION_KEYS = tuple(k for k in NON_SCIENCE_KEYS if k.startswith(TRAINING_PREFIXES))
 
 
 @dataclass
