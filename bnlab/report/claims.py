@@ -325,9 +325,7 @@ def convergence_claim(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
         if bests.empty:
             notes.append(f"lr {lr:g}: every run diverged, no target")
             continue
-        target = max(
-            CONV_TARGET_FRACTION * float(bests.min()), CHANCE_ACC + LR_LEARNS_ABOVE_CHANCE
-        )
+        target = max(CONV_TARGET_FRACTION * float(bests.min()), CHANCE_ACC + LR_LEARNS_ABOVE_CHANCE)
         reach = _epochs_to(at_lr, curves, target)
         if not reach["reached"].any():
             notes.append(f"lr {lr:g}: no run reaches {100 * target:.0f}%, left out")
