@@ -400,3 +400,29 @@ def test_cli_smoke_run_with_wandb_writes_csv_store_and_offline_run(tmp_path, wan
     assert run.summary["params"] == summary["params"]
     assert run.exit_code == 0
     assert not any(Path(wandb_env["HOME"]).iterdir()), "wandb wrote into $HOME"
+
+
+def test_sweep_logs_one_wandb_run_per_bnlab_run_grouped_by_experiment(tmp_path, wandb_env):
+    runs = tmp_path / "runs"
+    env = {**os.environ, **wandb_env, "PYTHONUNBUFFERED": "1"}
+    for key in ("BNLAB_RUNS", "WANDB_SERVICE"):
+        env.pop(key, None)
+    # The inference claim's grid, cut to two seeds of one batch size at smoke scale:
+    # two bnlab runs, one after another in the basic launcher's single process.
+    proc = subprocess.run(
+        [*BNLAB, "sweep", "experiment=inference", "preset=smoke", "train.epochs=1",
+         "data.batch_size=128", "train.seed=0,1", "probe.bn_eval_batch_sizes=[100]",
+         "logger=wandb", f"paths.runs={runs}"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dirs = sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(run_dirs) == 2
+    for run_dir in run_dirs:
+        (run,) = offline_runs(run_dir)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert run.run.run_id == summary["run_id"]
+        assert run.run.run_group == "inference"
+        assert [r["epoch"] for r in run.history] == [1]
+        assert run.exit_code == 0
+        assert "bn_eval.batch_stats_acc.100" in run.summary
