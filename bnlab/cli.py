@@ -31,6 +31,7 @@ def _root() -> None:
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+RESUME_HINT = "interrupted; run the same command again to resume"
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -119,9 +120,11 @@ def train(
     except BnlabError as e:
         raise _fail(str(e)) from None
     except RunFailed as e:
-        raise _fail(f"run failed: {e} (details in {e.outcome.run_dir}/summary.json)", 1) from None
+        raise _fail(
+            f"run failed: {e} (details in {e.outcome.run_dir}/summary.json)", EXIT_FAILED
+        ) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; run the same command again to resume", 130) from None
+        raise _fail(RESUME_HINT, EXIT_INTERRUPTED) from None
 
     s = outcome.summary or {}
     where = str(outcome.run_dir)
@@ -186,7 +189,7 @@ def sweep(
             try:
                 launch(s, runs)
             except KeyboardInterrupt:
-                raise _fail("interrupted; run the same command again to resume", 130) from None
+                raise _fail(RESUME_HINT, EXIT_INTERRUPTED) from None
         rows = rows_for(s)
         all_rows += rows
         render(title, s, rows, console)
