@@ -74,7 +74,7 @@ def _config_reference() -> str:
     lines += ["", "\b", "Keys of each norm kind:"]
     for kind, schema in NORM_SCHEMAS.items():
         keys = ", ".join(f"norm.{f.name}" for f in fields(schema) if f.name != "kind")
-        lines.append(f"  norm={kind:<6} {keys or '(no keys)'}")
+        lines.append(f"  norm={kind:<12} {keys or '(no keys)'}")
     lines += [
         "",
         "\b",
@@ -239,6 +239,27 @@ def report(
     for claim in result.claims:
         typer.echo(f"{claim.key:<15} {claim.verdict:<14} {claim.title}")
     typer.echo(f"report: {result.report_md} and {result.report_html}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory (with checkpoint.pt)")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output file (default: RUN/model[-folded].ts)")
+    ] = None,
+    fold_bn: Annotated[
+        bool, typer.Option("--fold-bn", help="Fold each conv+BN pair into one conv")
+    ] = False,
+) -> None:
+    """Export a trained run as TorchScript for inference (eval mode)."""
+    from bnlab.export import export_run
+
+    target = out or run / ("model-folded.ts" if fold_bn else "model.ts")
+    try:
+        path = export_run(run, target, fold=fold_bn)
+    except BnlabError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"exported {run} -> {path}")
 
 
 def main() -> None:

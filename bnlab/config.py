@@ -44,7 +44,9 @@ class ModelConfig:
     depth: int = 20
     width: int = 16  # channels of the first stage; stages are width, 2*width, 4*width
     residual: bool = True
-    init: str = "kaiming"  # kaiming | xavier | orthogonal
+    # kaiming | xavier | orthogonal | fixup (Zhang et al. 2019) | skipinit (De & Smith 2020);
+    # fixup/skipinit need residual=true and a norm kind without normalisation (none, none_noisy)
+    init: str = "kaiming"
     init_scale: float = 1.0  # multiplies every conv/linear weight after init
 
 
@@ -86,12 +88,81 @@ class LayerNormConfig(NormConfig):
     affine: bool = True
 
 
+@dataclass
+class NoisyBatchNormConfig(BatchNormConfig):
+    """BN plus Santurkar et al.'s (2018) shifting noise, in training only.
+
+    Each step and channel: mu ~ U(-noise_mean, noise_mean), sigma ~ U(1, 1 + noise_scale);
+    each activation: out = x * s + m, s ~ sigma * U(0.5, 1.5), m ~ N(mu, sigma^2).
+    """
+
+    kind: str = "bn_noisy"
+    noise_mean: float = 0.5
+    noise_scale: float = 1.0
+
+
+@dataclass
+class NoisyNoNormConfig(NormConfig):
+    """The noise of bn_noisy with no BN in front of it."""
+
+    kind: str = "none_noisy"
+    noise_mean: float = 0.5
+    noise_scale: float = 1.0
+
+
+@dataclass
+class GhostBatchNormConfig(NormConfig):
+    """Ghost BN (Hoffer et al. 2017): training statistics over sub-batches of virtual_batch."""
+
+    kind: str = "ghost_bn"
+    virtual_batch: int = 32  # must divide data.batch_size
+    momentum: float = 0.1
+    eps: float = 1e-5
+    affine: bool = True
+
+
+@dataclass
+class BatchRenormConfig(NormConfig):
+    """Batch Renormalization (Ioffe 2017); limits relaxed from (1, 0) over warmup_steps."""
+
+    kind: str = "batch_renorm"
+    r_max: float = 3.0
+    d_max: float = 5.0
+    warmup_steps: int = 5000  # linear ramp of r_max 1 -> r_max and d_max 0 -> d_max
+    momentum: float = 0.1
+    eps: float = 1e-5
+    affine: bool = True
+
+
+@dataclass
+class InstanceNormConfig(NormConfig):
+    # InstanceNorm: each sample and channel normalised over (H, W), i.e. GroupNorm(C, C).
+    kind: str = "in"
+    eps: float = 1e-5
+    affine: bool = True
+
+
+@dataclass
+class WeightNormConfig(NormConfig):
+    # No norm layer: every conv/linear weight is g * v / ||v|| (Salimans & Kingma 2016).
+    kind: str = "weight_norm"
+
+
 NORM_SCHEMAS: dict[str, type[NormConfig]] = {
     "bn": BatchNormConfig,
     "none": NoNormConfig,
     "gn": GroupNormConfig,
     "ln": LayerNormConfig,
+    "bn_noisy": NoisyBatchNormConfig,
+    "none_noisy": NoisyNoNormConfig,
+    "ghost_bn": GhostBatchNormConfig,
+    "batch_renorm": BatchRenormConfig,
+    "in": InstanceNormConfig,
+    "weight_norm": WeightNormConfig,
 }
+# Kinds with no normalisation layer, which Fixup/SkipInit are meant to replace.
+# (weight_norm is excluded: Fixup's zero-initialised convs have no direction v / ||v||.)
+NORM_FREE_KINDS = ("none", "none_noisy")
 
 # ----------------------------------------------------------------------------- optim
 
@@ -125,6 +196,8 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None  # CPU intra-op threads; None: torch's default
     divergence_factor: float = 10.0  # diverged when the loss exceeds this x its initial value
+    # Train only the norm layers' gamma/beta, everything else frozen at init (Frankle et al. 2020).
+    only_bn: bool = False
 
 
 @dataclass
@@ -204,7 +277,8 @@ def register_configs() -> None:
 # ----------------------------------------------------------------------------- value checks
 
 DATASETS = ("cifar10_jpeg", "cifar10", "fashion_mnist")
-INITS = ("kaiming", "xavier", "orthogonal")
+INITS = ("kaiming", "xavier", "orthogonal", "fixup", "skipinit")
+RESIDUAL_INITS = ("fixup", "skipinit")  # add scalars to the residual branches
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -253,6 +327,16 @@ def validate(cfg: Any) -> None:
     _positive("model.width", m.width)
     _one_of("model.init", m.init, INITS)
     _positive("model.init_scale", m.init_scale)
+    if m.init in RESIDUAL_INITS:
+        _check(
+            m.residual,
+            f"model.init={m.init} needs model.residual=true (it scales residual branches)",
+        )
+        _check(
+            n.kind in NORM_FREE_KINDS,
+            f"model.init={m.init} replaces normalisation: "
+            f"use norm=none (or none_noisy), not norm={n.kind}",
+        )
 
     _one_of("norm", n.kind, tuple(NORM_SCHEMAS))
     if "eps" in n:
@@ -265,6 +349,20 @@ def validate(cfg: Any) -> None:
             m.width % n.groups == 0,
             f"norm.groups={n.groups} must divide model.width={m.width} (channels per stage)",
         )
+    if "noise_mean" in n:
+        _check(n.noise_mean >= 0.0, f"norm.noise_mean={n.noise_mean} must be >= 0")
+        _check(n.noise_scale >= 0.0, f"norm.noise_scale={n.noise_scale} must be >= 0")
+    if "virtual_batch" in n:
+        _positive("norm.virtual_batch", n.virtual_batch)
+        # Equal ghost batches only: a smaller last one would be normalised more noisily.
+        _check(
+            d.batch_size % n.virtual_batch == 0,
+            f"norm.virtual_batch={n.virtual_batch} must divide data.batch_size={d.batch_size}",
+        )
+    if "r_max" in n:
+        _check(n.r_max >= 1.0, f"norm.r_max={n.r_max} must be >= 1")
+        _check(n.d_max >= 0.0, f"norm.d_max={n.d_max} must be >= 0")
+        _check(n.warmup_steps >= 0, f"norm.warmup_steps={n.warmup_steps} must be >= 0")
 
     _check(o.name == "sgd", f"optim.name={o.name!r} is not one of: sgd")
     _positive("optim.lr", o.lr)
@@ -285,6 +383,11 @@ def validate(cfg: Any) -> None:
     _one_of("train.precision", t.precision, PRECISIONS)
     _positive("train.threads", t.threads, allow_none=True)
     _check(t.divergence_factor > 1.0, f"train.divergence_factor={t.divergence_factor} must be > 1")
+    _check(
+        not t.only_bn or bool(n.get("affine", False)),
+        f"train.only_bn=true trains the norm's gamma/beta, but norm={n.kind} has none "
+        "(needs an affine norm: bn, bn_noisy, ghost_bn, batch_renorm, gn, ln, in)",
+    )
 
     for size in cfg.probe.bn_eval_batch_sizes:
         _positive("probe.bn_eval_batch_sizes", size)

@@ -52,6 +52,11 @@ NON_SCIENCE_KEYS = (
     "train.threads",
 )
 
+# Keys added to the schema after runs were stored: at these values they change
+# nothing, so they stay out of the identity and earlier runs keep their hash
+# (a rerun of an old grid finds its finished runs instead of training them again).
+IDENTITY_NEUTRAL = {"train.only_bn": False}
+
 METRIC_COLUMNS = (
     "epoch",
     "train_loss",
@@ -72,12 +77,22 @@ def science_dict(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     for dotted in NON_SCIENCE_KEYS:
-        *parents, leaf = dotted.split(".")
-        node: Any = plain
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
+        _pop(plain, dotted)
+    for dotted, neutral in IDENTITY_NEUTRAL.items():
+        _pop(plain, dotted, only_if=neutral)
     return plain
+
+
+_ANY = object()
+
+
+def _pop(tree: dict[str, Any], dotted: str, only_if: Any = _ANY) -> None:
+    *parents, leaf = dotted.split(".")
+    node: Any = tree
+    for p in parents:
+        node = node.get(p, {})
+    if leaf in node and (only_if is _ANY or node[leaf] == only_if):
+        del node[leaf]
 
 
 def run_id(cfg: DictConfig) -> str:

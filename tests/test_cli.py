@@ -81,7 +81,7 @@ def test_help_lists_groups_and_keys():
     assert proc.returncode == 0
     for text in (
         "norm",
-        "bn, gn, ln, none",
+        "batch_renorm, bn, bn_noisy, ghost_bn, gn, in, ln, none",
         "preset",
         "model.depth = 20",
         "optim.lr",
@@ -129,3 +129,8 @@ def test_report_from_the_cli_writes_the_report_and_warns_about_broken_runs(tmp_p
 
     bad = run_bnlab("report", "--runs", str(runs), "--out", str(out), "--experiment", "nope")
     _assert_clean_error(bad, "nope")
+
+
+def test_export_of_a_folder_that_is_not_a_run_is_exit_2(tmp_path):
+    proc = run_bnlab("export", str(tmp_path / "nowhere"), "--fold-bn")
+    _assert_clean_error(proc, "nowhere")

@@ -195,3 +195,13 @@ def test_slurm_launcher_requeues_through_the_checkpoint():
     # rerun finds the run's checkpoint (same identity) and resumes.
     assert sweep.launcher_params["max_num_timeout"] > 0
     assert sweep.launcher_params["_target_"].endswith("SlurmLauncher")
+
+
+def test_the_committed_cpu_grid_is_found_complete_by_a_rerun():
+    # Run identity must stay stable as the schema grows: rerunning the CPU suite over
+    # the committed results finds every grid point done instead of training it again.
+    runs = REPO / "results" / "cpu" / "runs"
+    proc = run_bnlab("sweep", "experiment=all", "preset=cpu", "--dry-run", f"paths.runs={runs}")
+    assert proc.returncode == 0, proc.stderr
+    assert "61 runs (" in proc.stdout
+    assert " new" not in proc.stdout and "partial" not in proc.stdout

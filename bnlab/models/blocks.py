@@ -4,6 +4,16 @@
 Its plain twin (``residual=False``) is the same block without the addition.
 ``PadShortcut`` is the paper's option A: parameter free, so the residual and
 plain networks have exactly the same parameters.
+
+``branch_scalars`` adds the scalar parameters of the normalisation-free
+residual inits (only created when asked for, so other nets are unchanged):
+
+* ``"fixup"`` (Zhang et al. 2019): scalar biases ``bias1a`` before conv1,
+  ``bias1b`` before relu1, ``bias2a`` before conv2, ``bias2b`` after the branch's
+  scalar multiplier ``scale``: branch = conv2(relu(conv1(x + a1) + b1) + a2) * scale + b2.
+* ``"skipinit"`` (De & Smith 2020): one scalar ``alpha``: out = relu(x + alpha * branch(x)).
+
+Their values (biases 0, scale 1, alpha 0) are set by ``bnlab.models.init.initialize``.
 """
 
 from __future__ import annotations
@@ -59,8 +69,12 @@ class BasicBlock(nn.Module):
         stride: int,
         norm: NormConfig,
         residual: bool = True,
+        branch_scalars: str | None = None,
     ) -> None:
         super().__init__()
+        if branch_scalars is not None and not residual:
+            raise ValueError(f"branch_scalars={branch_scalars!r} needs a residual block")
+        self.branch_scalars = branch_scalars
         bias = conv_needs_bias(norm)
         self.conv1 = conv3x3(in_channels, out_channels, stride, bias)
         self.norm1 = make_norm(norm, out_channels)
@@ -79,9 +93,24 @@ class BasicBlock(nn.Module):
         else:
             self.shortcut = nn.Identity()
 
+        if branch_scalars == "fixup":
+            for name in ("bias1a", "bias1b", "bias2a", "bias2b"):
+                self.register_parameter(name, nn.Parameter(torch.zeros(1)))
+            self.scale = nn.Parameter(torch.ones(1))
+        elif branch_scalars == "skipinit":
+            self.alpha = nn.Parameter(torch.zeros(1))
+        elif branch_scalars is not None:
+            raise ValueError(f"unknown branch_scalars {branch_scalars!r}; known: fixup, skipinit")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.norm1(self.conv1(x)))
-        out = self.norm2(self.conv2(out))
+        if self.branch_scalars == "fixup":
+            out = self.relu1(self.norm1(self.conv1(x + self.bias1a)) + self.bias1b)
+            out = self.norm2(self.conv2(out + self.bias2a)) * self.scale + self.bias2b
+        else:
+            out = self.relu1(self.norm1(self.conv1(x)))
+            out = self.norm2(self.conv2(out))
+            if self.branch_scalars == "skipinit":
+                out = self.alpha * out
         # Fixed at construction, not data dependent: torch.compile specialises on it.
         if self.shortcut is not None:
             out = out + self.shortcut(x)

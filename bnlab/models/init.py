@@ -13,6 +13,15 @@
 * ``orthogonal``: Saxe et al. 2014, weight flattened to (out, in*k*k), with
   the ReLU gain so its scale matches kaiming's and only the structure differs.
 
+* ``fixup`` (Zhang et al. 2019) and ``skipinit`` (De & Smith 2020), for
+  residual nets without normalisation: kaiming as above, then each residual
+  branch is made to output exactly 0 so every block starts as relu(x).
+  Fixup: the last conv of each branch is 0, the other branch conv is scaled by
+  L^(-1/(2m-2)) = L^(-1/2) (L residual blocks, m = 2 layers per branch), the
+  head's weight and bias are 0, the scalar biases 0 and multipliers 1.
+  SkipInit: the branch multiplier alpha is 0. (The scalars live in
+  ``BasicBlock``/``CifarResNet``, created only for these two inits.)
+
 Afterwards every conv/linear weight is multiplied by ``scale``
 (``model.init_scale``). Biases are 0; norm layers get weight 1, bias 0.
 """
@@ -24,6 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bnlab.models.blocks import BasicBlock
 from bnlab.models.norms import NORM_TYPES
 
 _RELU_GAIN = nn.init.calculate_gain("relu")
@@ -45,6 +55,49 @@ SCHEMES: dict[str, Callable[[torch.Tensor], None]] = {
     "kaiming": _kaiming,
     "xavier": _xavier,
     "orthogonal": _orthogonal,
+    # The residual inits draw their weights like kaiming, then zero the branches.
+    "fixup": _kaiming,
+    "skipinit": _kaiming,
+}
+
+
+def _blocks(model: nn.Module, scheme: str) -> list[BasicBlock]:
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    if not blocks or any(b.branch_scalars != scheme for b in blocks):
+        raise ValueError(
+            f"init {scheme!r} needs residual blocks built with branch_scalars={scheme!r}"
+        )
+    return blocks
+
+
+def _fixup(model: nn.Module) -> None:
+    blocks = _blocks(model, "fixup")
+    depth_scale = len(blocks) ** -0.5  # L^(-1/(2m-2)) with m = 2 convs per branch
+    for block in blocks:
+        block.conv1.weight.mul_(depth_scale)
+        nn.init.zeros_(block.conv2.weight)
+        for name in ("bias1a", "bias1b", "bias2a", "bias2b"):
+            nn.init.zeros_(getattr(block, name))
+        nn.init.ones_(block.scale)
+    for name, param in model.named_parameters():
+        if name in ("stem_bias", "head_bias"):
+            nn.init.zeros_(param)
+    head = getattr(model, "fc", None)
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+
+
+def _skipinit(model: nn.Module) -> None:
+    for block in _blocks(model, "skipinit"):
+        nn.init.zeros_(block.alpha)
+
+
+# Run after the weights are drawn: they need the blocks built with branch_scalars=scheme.
+RESIDUAL_SCHEMES: dict[str, Callable[[nn.Module], None]] = {
+    "fixup": _fixup,
+    "skipinit": _skipinit,
 }
 
 
@@ -69,3 +122,5 @@ def initialize(model: nn.Module, scheme: str, scale: float) -> None:
                 nn.init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
+    if scheme in RESIDUAL_SCHEMES:
+        RESIDUAL_SCHEMES[scheme](model)

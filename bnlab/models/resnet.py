@@ -18,9 +18,15 @@ tests/test_models.py:
     56     9     853,018  (0.85M)
     110   18   1,727,962  (1.7M)
 
-GroupNorm/LayerNorm (affine) have the same count; ``norm=none`` drops the two
-affine parameters per channel of every norm layer and gains one conv bias per
-output channel instead.
+GroupNorm/LayerNorm/InstanceNorm and the BN variants (bn_noisy, ghost_bn,
+batch_renorm; all affine) have the same count; ``norm=none`` (and none_noisy)
+drops the two affine parameters per channel of every norm layer and gains one
+conv bias per output channel instead. ``norm=weight_norm`` has norm=none's
+count plus one g per output channel of every conv and linear layer, i.e. BN's
+count + num_classes (269,732 for depth 20).
+
+``model.init=fixup`` adds 5 scalars per block plus 2 (a bias after the stem
+conv and one before the head); ``model.init=skipinit`` adds 1 scalar per block.
 
 Names are stable for probes and conv+norm folding: the stem is ``conv1``,
 ``norm1``, ``relu1``; every block has ``conv1``, ``norm1``, ``relu1``,
@@ -29,13 +35,18 @@ Names are stable for probes and conv+norm folding: the stem is ``conv1``,
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from bnlab.config import ModelConfig, NormConfig
 from bnlab.models.blocks import BasicBlock, conv3x3
 from bnlab.models.init import initialize
-from bnlab.models.norms import conv_needs_bias, make_norm
+from bnlab.models.norms import conv_needs_bias, make_norm, wrap_layers
+
+# model.init values that add scalar parameters to the residual branches.
+RESIDUAL_INITS = ("fixup", "skipinit")
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -56,6 +67,7 @@ class CifarResNet(nn.Module):
         residual: bool = True,
         num_classes: int = 10,
         in_channels: int = 3,
+        branch_scalars: str | None = None,
     ) -> None:
         super().__init__()
         n = blocks_per_stage(depth)
@@ -67,11 +79,17 @@ class CifarResNet(nn.Module):
         self.conv1 = conv3x3(in_channels, width, 1, conv_needs_bias(norm))
         self.norm1 = make_norm(norm, width)
         self.relu1 = nn.ReLU()
-        self.layer1 = self._stage(width, width, n, 1, norm, residual)
-        self.layer2 = self._stage(width, 2 * width, n, 2, norm, residual)
-        self.layer3 = self._stage(2 * width, 4 * width, n, 2, norm, residual)
+        stage = partial(self._stage, norm=norm, residual=residual, branch_scalars=branch_scalars)
+        self.layer1 = stage(width, width, n, 1)
+        self.layer2 = stage(width, 2 * width, n, 2)
+        self.layer3 = stage(2 * width, 4 * width, n, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
+        # Fixup's scalar biases outside the blocks: before the stem's ReLU and before the head.
+        self.fixup = branch_scalars == "fixup"
+        if self.fixup:
+            self.stem_bias = nn.Parameter(torch.zeros(1))
+            self.head_bias = nn.Parameter(torch.zeros(1))
 
     @staticmethod
     def _stage(
@@ -81,16 +99,23 @@ class CifarResNet(nn.Module):
         stride: int,
         norm: NormConfig,
         residual: bool,
+        branch_scalars: str | None,
     ) -> nn.Sequential:
         # Only the first block changes the shape; the rest keep it.
-        blocks = [BasicBlock(in_channels, out_channels, stride, norm, residual)]
-        blocks += [BasicBlock(out_channels, out_channels, 1, norm, residual) for _ in range(n - 1)]
+        block = partial(BasicBlock, norm=norm, residual=residual, branch_scalars=branch_scalars)
+        blocks = [block(in_channels, out_channels, stride)]
+        blocks += [block(out_channels, out_channels, 1) for _ in range(n - 1)]
         return nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.norm1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.fc(torch.flatten(self.pool(out), 1))
+        out = self.norm1(self.conv1(x))
+        if self.fixup:
+            out = out + self.stem_bias
+        out = self.layer3(self.layer2(self.layer1(self.relu1(out))))
+        features = torch.flatten(self.pool(out), 1)
+        if self.fixup:
+            features = features + self.head_bias
+        return self.fc(features)
 
 
 def build_model(
@@ -101,7 +126,9 @@ def build_model(
 ) -> nn.Module:
     """The network ``model`` describes, initialised with ``model.init`` x ``model.init_scale``.
 
-    Initialisation draws from torch's global RNG, so seed before calling.
+    Initialisation draws from torch's global RNG, so seed before calling. The
+    norm kind's layer reparametrisation (``weight_norm``) comes after the
+    initialisation, so it starts from the same function.
     """
     if model.arch != "resnet":
         raise ValueError(f"unknown model.arch {model.arch!r}; known: resnet")
@@ -112,9 +139,10 @@ def build_model(
         residual=model.residual,
         num_classes=num_classes,
         in_channels=in_channels,
+        branch_scalars=model.init if model.init in RESIDUAL_INITS else None,
     )
     initialize(net, model.init, model.init_scale)
-    return net
+    return wrap_layers(norm, net)
 
 
 def count_params(module: nn.Module) -> int:

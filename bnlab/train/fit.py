@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bnlab.data import DeviceLoader
+from bnlab.models.norms import norm_affine_parameters
 from bnlab.store import RunDir
 from bnlab.train.loop import DivergenceGuard, Reporter, evaluate, train_epoch
 from bnlab.train.runtime import Runtime
@@ -31,10 +32,18 @@ class FitResult:
     train_seconds: float  # cumulative over all calls
 
 
-def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
-    # He et al. apply weight decay to every parameter, BN's gamma/beta included.
+def build_optimizer(model: nn.Module, optim: Any, only_bn: bool = False) -> torch.optim.Optimizer:
+    """SGD over every parameter, or (``train.only_bn``) only the norm layers' gamma/beta.
+
+    He et al. apply weight decay to every parameter, BN's gamma/beta included.
+    With only_bn (Frankle et al. 2020) the other parameters stay at their
+    initial values simply because no optimizer updates them.
+    """
+    params = norm_affine_parameters(model) if only_bn else list(model.parameters())
+    if not params:
+        raise ValueError("train.only_bn=true but the model has no norm affine parameters")
     return torch.optim.SGD(
-        model.parameters(),
+        params,
         lr=optim.lr,
         momentum=optim.momentum,
         nesterov=optim.nesterov,
@@ -58,7 +67,8 @@ def fit(
     wandb sink); rows from before a resume are not sent again.
     """
     epochs = cfg.train.epochs
-    optimizer = build_optimizer(model, cfg.optim)
+    # getattr: configs saved before train.only_bn existed lack the key.
+    optimizer = build_optimizer(model, cfg.optim, getattr(cfg.train, "only_bn", False))
     steps_per_epoch = len(train_loader)
     total_steps = epochs * steps_per_epoch
 

@@ -1,0 +1,137 @@
+"""Export a trained run's network for inference, optionally with BatchNorm folded.
+
+The output is a TorchScript module (``torch.jit.trace`` of the eval-mode
+network): it loads with ``torch.jit.load`` alone -- no bnlab, no config, no
+Python class definitions -- which is the point of an export. Tracing is exact
+for these networks because their control flow is fixed at construction (the
+shortcut choice) and every shape op generalises over the batch size. The
+traced graph is the *eval-mode* function (running BN statistics); calling
+``.train()`` on the loaded module does not bring batch statistics back.
+
+The module expects what the training loop fed the network: float32 NCHW
+images scaled to [0, 1] and normalised with the dataset's per-channel
+mean/std (``bnlab.data.load_dataset(cfg.data).mean/.std``). The run's
+config.yaml and a small JSON description travel inside the file as TorchScript
+extra files (``config.yaml``, ``bnlab.json``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from bnlab.errors import BnlabError
+from bnlab.models import build_model
+from bnlab.models.fold import fold_bn
+from bnlab.store import RunDir, atomic_write_bytes
+
+# data.name -> (channels, side): the input shape the network was trained on.
+INPUT_SHAPES: dict[str, tuple[int, int]] = {
+    "cifar10_jpeg": (3, 32),
+    "cifar10": (3, 32),
+    "fashion_mnist": (1, 28),
+}
+NUM_CLASSES = 10  # every supported dataset has ten classes
+
+
+def load_run_model(run_dir: Path) -> tuple[nn.Module, DictConfig, tuple[int, int, int]]:
+    """The run's network with its checkpoint weights, in eval mode, its config and input shape."""
+    run = RunDir(Path(run_dir))
+    cfg = _load_config(run)
+    try:
+        data_name = str(cfg.data.name)
+        if data_name not in INPUT_SHAPES:
+            raise BnlabError(
+                f"{run.config_file}: data.name={data_name!r} is not one of: "
+                + ", ".join(INPUT_SHAPES)
+            )
+        channels, side = INPUT_SHAPES[data_name]
+        # build_model initialises from torch's global RNG; the weights are
+        # overwritten anyway, so don't disturb the caller's random stream.
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(cfg.model, cfg.norm, NUM_CLASSES, channels)
+    except (OmegaConfBaseException, ValueError, TypeError) as err:
+        raise BnlabError(f"{run.config_file}: {_first_line(err)}") from None
+
+    if not run.checkpoint_file.exists():
+        raise BnlabError(f"{run.path}: no checkpoint.pt (has the run finished an epoch?)")
+    state = run.load_checkpoint()
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise BnlabError(f"{run.checkpoint_file}: unreadable or not a bnlab checkpoint")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise BnlabError(
+            f"{run.checkpoint_file} does not match the model in config.yaml: {_first_line(err)}"
+        ) from None
+    return model.eval(), cfg, (channels, side, side)
+
+
+def export_run(run_dir: Path, out: Path, fold: bool) -> Path:
+    """Write the run's eval-mode network as TorchScript to ``out`` and return ``out``.
+
+    ``fold=True`` merges every conv+BatchNorm pair first (``bnlab.models.fold``);
+    for norms other than BN nothing folds and the export is the plain network.
+    Raises BnlabError (one line) for a missing or unreadable run.
+    """
+    model, cfg, shape = load_run_model(run_dir)
+    folded = 0
+    if fold:
+        result = fold_bn(model)
+        model, folded = result.model, result.folded
+
+    example = torch.zeros(1, *shape)
+    with warnings.catch_warnings():
+        # torch >= 2.9 marks jit.trace deprecated; it still works and is the one
+        # format that loads without Python code, so the warning is only noise here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example)
+        info: dict[str, Any] = {
+            "run": Path(run_dir).name,
+            "input_shape": [None, *shape],
+            "num_classes": NUM_CLASSES,
+            "norm": str(cfg.norm.kind),
+            "bn_folded": folded,
+            "torch": torch.__version__,
+        }
+        extra = {
+            "config.yaml": OmegaConf.to_yaml(cfg),
+            "bnlab.json": json.dumps(info, sort_keys=True),
+        }
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf, _extra_files=extra)
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, buf.getvalue())
+    except OSError as err:
+        raise BnlabError(f"cannot write {out}: {err.strerror}") from None
+    return out
+
+
+def _load_config(run: RunDir) -> DictConfig:
+    if not run.config_file.exists():
+        raise BnlabError(f"{run.path}: no config.yaml (not a bnlab run directory)")
+    try:
+        cfg = OmegaConf.load(run.config_file)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as err:
+        raise BnlabError(f"{run.config_file}: unreadable config: {_first_line(err)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise BnlabError(f"{run.config_file}: not a mapping of config keys")
+    return cfg
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,379 @@
+"""The extra norm kinds (bn_noisy, none_noisy, ghost_bn, batch_renorm, in, weight_norm),
+the normalisation-free residual inits (fixup, skipinit) and train.only_bn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from bnlab.compose import load_config
+from bnlab.config import (
+    BatchNormConfig,
+    BatchRenormConfig,
+    GhostBatchNormConfig,
+    InstanceNormConfig,
+    ModelConfig,
+    NoisyBatchNormConfig,
+    NoisyNoNormConfig,
+    NoNormConfig,
+    OptimConfig,
+    WeightNormConfig,
+    validate,
+)
+from bnlab.errors import BnlabError
+from bnlab.models import BasicBlock, build_model, count_params, make_norm
+from bnlab.models.norms import (
+    ActivationNoise,
+    BatchRenorm2d,
+    GhostBatchNorm2d,
+    NoisyBatchNorm2d,
+    norm_affine_parameters,
+)
+from bnlab.train.fit import build_optimizer
+
+NEW_KINDS = ["bn_noisy", "none_noisy", "ghost_bn", "batch_renorm", "in", "weight_norm"]
+BN_PARAMS_20 = 269_722
+
+
+def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))
+
+
+def _copy_bn(src: nn.BatchNorm2d, dst: nn.BatchNorm2d) -> None:
+    dst.load_state_dict(src.state_dict())  # the BN variants keep BN's names
+
+
+def _randomise_affine(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return bn
+
+
+# ----------------------------------------------------------------------------- every kind
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_kind_composes_validates_builds_and_trains(kind: str) -> None:
+    cfg = load_config([f"norm={kind}", "model.depth=8"])
+    validate(cfg)
+    assert cfg.norm.kind == kind
+    torch.manual_seed(0)
+    net = build_model(cfg.model, cfg.norm)
+    x, y = _batch()
+    out = net(x)
+    assert out.shape == (8, 10) and torch.isfinite(out).all()
+    F.cross_entropy(out, y).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert net.eval()(x[:2]).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_kind_has_its_own_keys(kind: str) -> None:
+    with pytest.raises(BnlabError, match="unknown config key"):
+        load_config([f"norm={kind}", "norm.groups=4"])
+
+
+# ----------------------------------------------------------------------------- noise
+
+
+def test_noise_only_in_training_and_fresh_each_step() -> None:
+    torch.manual_seed(0)
+    noisy = _randomise_affine(make_norm(NoisyBatchNormConfig(), 16))
+    assert isinstance(noisy, NoisyBatchNorm2d)
+    plain = nn.BatchNorm2d(16)
+    _copy_bn(noisy, plain)
+    x = torch.randn(8, 16, 8, 8)
+    a, b = noisy.train()(x), noisy(x)
+    assert not torch.allclose(a, b)  # new noise every forward step
+    assert not torch.allclose(a, plain.train()(x))
+    # Same running statistics as BN after the same steps; eval is plain BN.
+    plain(x)
+    torch.testing.assert_close(noisy.running_mean, plain.running_mean)
+    torch.testing.assert_close(noisy.eval()(x), plain.eval()(x), rtol=0, atol=0)
+    assert torch.equal(noisy(x), noisy(x))
+
+
+def test_noise_distribution_has_shifted_mean_and_scale() -> None:
+    torch.manual_seed(0)
+    noise = ActivationNoise(noise_mean=0.0, noise_scale=0.0)  # mu = 0, sigma = 1
+    x = torch.ones(64, 4, 16, 16)
+    out = noise.train()(x)  # s ~ U(0.5, 1.5), m ~ N(0, 1): mean 1, var 1/12 + 1
+    assert abs(out.mean().item() - 1.0) < 0.02
+    assert abs(out.var().item() - (1 + 1 / 12)) < 0.03
+    shifted = ActivationNoise(noise_mean=0.5, noise_scale=1.0).train()(x)
+    per_channel = shifted.mean(dim=(0, 2, 3))
+    assert per_channel.std() > 0.05  # each channel gets its own mean shift this step
+
+
+def test_none_noisy_is_noise_without_bn() -> None:
+    layer = make_norm(NoisyNoNormConfig(), 16)
+    assert type(layer) is ActivationNoise and not list(layer.parameters())
+    x = torch.randn(4, 16, 4, 4)
+    assert torch.equal(layer.eval()(x), x)
+    assert not torch.equal(layer.train()(x), x)
+
+
+# ----------------------------------------------------------------------------- ghost BN
+
+
+def test_ghost_bn_with_the_whole_batch_is_bn() -> None:
+    torch.manual_seed(0)
+    ghost = _randomise_affine(make_norm(GhostBatchNormConfig(virtual_batch=8), 16))
+    assert isinstance(ghost, GhostBatchNorm2d)
+    bn = nn.BatchNorm2d(16)
+    _copy_bn(ghost, bn)
+    x = torch.randn(8, 16, 8, 8)
+    torch.testing.assert_close(ghost.train()(x), bn.train()(x), rtol=0, atol=0)
+    torch.testing.assert_close(ghost.running_var, bn.running_var, rtol=0, atol=0)
+
+
+def test_ghost_bn_normalises_each_chunk_on_its_own() -> None:
+    torch.manual_seed(0)
+    ghost = _randomise_affine(make_norm(GhostBatchNormConfig(virtual_batch=4), 16))
+    bn = nn.BatchNorm2d(16)
+    _copy_bn(ghost, bn)
+    x = torch.randn(8, 16, 8, 8) * torch.linspace(0.5, 2, 8).view(8, 1, 1, 1)
+    out = ghost.train()(x)
+    assert not torch.allclose(out, bn.train()(x), atol=1e-3)
+    per_chunk = []
+    for chunk in x.split(4):
+        ref = nn.BatchNorm2d(16)
+        _copy_bn(ghost, ref)
+        per_chunk.append(ref.train()(chunk))
+    torch.testing.assert_close(out, torch.cat(per_chunk))
+    # Running stats: the average of the two chunks' statistics, momentum 0.1 from (0, 1).
+    means = torch.stack([c.mean(dim=(0, 2, 3)) for c in x.split(4)]).mean(0)
+    torch.testing.assert_close(ghost.running_mean, 0.1 * means)
+    # Eval uses the running statistics, like BN.
+    bn.load_state_dict(ghost.state_dict())
+    torch.testing.assert_close(ghost.eval()(x), bn.eval()(x), rtol=0, atol=0)
+
+
+def test_ghost_bn_uneven_last_chunk() -> None:
+    ghost = make_norm(GhostBatchNormConfig(virtual_batch=4), 8).train()
+    x = torch.randn(6, 8, 4, 4)  # chunks of 4 and 2
+    ref = nn.BatchNorm2d(8).train()
+    torch.testing.assert_close(ghost(x)[4:], ref(x[4:]))
+
+
+def test_ghost_bn_virtual_batch_must_divide_batch_size() -> None:
+    validate(load_config(["norm=ghost_bn", "norm.virtual_batch=32", "data.batch_size=128"]))
+    with pytest.raises(BnlabError, match="virtual_batch=48 must divide data.batch_size=128"):
+        validate(load_config(["norm=ghost_bn", "norm.virtual_batch=48", "data.batch_size=128"]))
+
+
+# ----------------------------------------------------------------------------- batch renorm
+
+
+def _renorm(**kwargs: object) -> BatchRenorm2d:
+    layer = make_norm(BatchRenormConfig(**kwargs), 16)  # type: ignore[arg-type]
+    assert isinstance(layer, BatchRenorm2d)
+    return _randomise_affine(layer)
+
+
+def test_batch_renorm_with_unit_limits_is_bn() -> None:
+    torch.manual_seed(0)
+    renorm = _renorm(r_max=1.0, d_max=0.0, warmup_steps=0)
+    bn = nn.BatchNorm2d(16)
+    _copy_bn(renorm, bn)
+    for _ in range(3):
+        x = torch.randn(8, 16, 8, 8) * 3 + 1
+        torch.testing.assert_close(renorm.train()(x), bn.train()(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(renorm.running_mean, bn.running_mean)
+    torch.testing.assert_close(renorm.running_var, bn.running_var)
+    bn.load_state_dict(renorm.state_dict())  # eval is BN with the running statistics
+    torch.testing.assert_close(renorm.eval()(x), bn.eval()(x), rtol=0, atol=0)
+
+
+def test_batch_renorm_corrects_towards_running_stats() -> None:
+    torch.manual_seed(0)
+    renorm = _renorm(r_max=3.0, d_max=5.0, warmup_steps=0)
+    with torch.no_grad():
+        renorm.weight.fill_(1.0)
+        renorm.bias.zero_()
+    x = torch.randn(8, 16, 8, 8) * 2 + 1  # running stats (0, 1): r = 2, d = 1 (unclipped)
+    out = renorm.train()(x)
+    torch.testing.assert_close(out, x, rtol=2e-2, atol=2e-2)  # renormalised to running stats
+    out.sum().backward()  # r, d are constants: still a gradient through the batch stats
+    assert torch.isfinite(renorm.weight.grad).all()
+
+
+def test_batch_renorm_warmup_relaxes_limits_linearly() -> None:
+    renorm = _renorm(r_max=3.0, d_max=5.0, warmup_steps=10)
+    assert renorm.limits() == (1.0, 0.0)
+    renorm.num_batches_tracked.fill_(5)
+    assert renorm.limits() == (2.0, 2.5)
+    renorm.num_batches_tracked.fill_(50)
+    assert renorm.limits() == (3.0, 5.0)
+
+
+def test_batch_renorm_value_checks() -> None:
+    with pytest.raises(BnlabError, match="norm.r_max=0.5 must be >= 1"):
+        validate(load_config(["norm=batch_renorm", "norm.r_max=0.5"]))
+
+
+# ----------------------------------------------------------------------------- in, weight norm
+
+
+def test_in_is_group_norm_with_one_group_per_channel() -> None:
+    layer = make_norm(InstanceNormConfig(), 32)
+    assert type(layer) is nn.GroupNorm
+    assert (layer.num_groups, layer.num_channels, layer.affine) == (32, 32, True)
+    x = torch.randn(4, 32, 6, 6)
+    ref = nn.InstanceNorm2d(32, affine=False)
+    torch.testing.assert_close(layer(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+def test_weight_norm_parametrizes_every_conv_and_linear() -> None:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(depth=20), WeightNormConfig())
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert layers and all(hasattr(m, "parametrizations") for m in layers)
+    assert all(m.parametrizations.weight.original0.shape[0] == m.weight.shape[0] for m in layers)
+    assert all(m.bias is not None for m in layers)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in net.modules())
+    # Documented count: BN's + one g per output unit of the head.
+    assert count_params(net) == BN_PARAMS_20 + 10
+
+
+def test_weight_norm_starts_from_the_same_function() -> None:
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(depth=8), NoNormConfig())
+    torch.manual_seed(0)
+    wn = build_model(ModelConfig(depth=8), WeightNormConfig())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(wn(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_bn_variants_have_bn_parameter_count() -> None:
+    for cfg in (NoisyBatchNormConfig(), GhostBatchNormConfig(), BatchRenormConfig()):
+        assert count_params(build_model(ModelConfig(depth=20), cfg)) == BN_PARAMS_20
+    assert count_params(build_model(ModelConfig(depth=20), InstanceNormConfig())) == BN_PARAMS_20
+
+
+def test_affine_and_running_stats_switches() -> None:
+    cfg = load_config(["norm=bn_noisy", "norm.affine=false", "norm.track_running_stats=false"])
+    validate(cfg)
+    layer = make_norm(cfg.norm, 16)
+    assert layer.weight is None and layer.running_mean is None
+    for kind in ("ghost_bn", "batch_renorm", "in"):
+        cfg = load_config([f"norm={kind}", "norm.affine=false"])
+        assert not list(make_norm(cfg.norm, 16).parameters())
+
+
+# ----------------------------------------------------------------------------- fixup, skipinit
+
+
+@pytest.mark.parametrize("init", ["fixup", "skipinit"])
+def test_residual_init_blocks_start_as_relu(init: str) -> None:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(depth=20, init=init), NoNormConfig())
+    x = torch.randn(2, 16, 32, 32)
+    torch.testing.assert_close(net.layer1[1](x), F.relu(x), rtol=0, atol=0)
+    block = net.layer2[0]  # downsampling: relu(padded shortcut)
+    expected = F.relu(F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, 16)))
+    torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("init", ["fixup", "skipinit"])
+def test_residual_init_deep_net_is_well_scaled(init: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    net = build_model(ModelConfig(depth=56, init=init), NoNormConfig())
+    out = net(x)
+    assert torch.isfinite(out).all() and out.abs().max() < 10
+    if init == "fixup":
+        assert torch.equal(out, torch.zeros_like(out))  # zero head
+        assert net.layer1[0].conv1.weight.std() < net.conv1.weight.std()  # L^-1/2 scaling
+    # Without the zeroed branches the same net explodes (variance doubles per block).
+    torch.manual_seed(0)
+    kaiming = build_model(ModelConfig(depth=56), NoNormConfig())
+    assert kaiming(x).abs().max() > 100 * max(out.abs().max().item(), 1.0)
+
+
+@pytest.mark.parametrize("init", ["fixup", "skipinit"])
+def test_residual_init_trains(init: str) -> None:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(depth=8, init=init), NoNormConfig())
+    x, y = _batch(16)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    scalars = [n for n, _ in net.named_parameters() if n.endswith(("alpha", "scale", "bias1a"))]
+    assert len(scalars) == (3 if init == "skipinit" else 6)
+
+
+def test_residual_init_parameter_counts() -> None:
+    base = count_params(build_model(ModelConfig(depth=20), NoNormConfig()))
+    fixup = count_params(build_model(ModelConfig(depth=20, init="fixup"), NoNormConfig()))
+    skip = count_params(build_model(ModelConfig(depth=20, init="skipinit"), NoNormConfig()))
+    assert (fixup - base, skip - base) == (5 * 9 + 2, 9)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.init=fixup", "model.residual=false", "norm=none"], "needs model.residual=true"),
+        (["model.init=skipinit", "model.residual=false", "norm=none"], "model.residual=true"),
+        (["model.init=fixup", "norm=bn"], "use norm=none"),
+        (["train.only_bn=true", "norm=none"], "train.only_bn"),
+        (["train.only_bn=true", "norm=bn", "norm.affine=false"], "train.only_bn"),
+        (["norm=bn_noisy", "norm.noise_mean=-1"], "norm.noise_mean"),
+    ],
+)
+def test_bad_combinations_are_rejected(overrides: list[str], message: str) -> None:
+    with pytest.raises(BnlabError, match=message):
+        validate(load_config(overrides))
+
+
+def test_good_residual_inits_validate() -> None:
+    for init in ("fixup", "skipinit"):
+        validate(load_config([f"model.init={init}", "norm=none"]))
+        validate(load_config([f"model.init={init}", "norm=none_noisy"]))
+
+
+def test_block_rejects_scalars_without_residual() -> None:
+    with pytest.raises(ValueError, match="residual"):
+        BasicBlock(16, 16, 1, NoNormConfig(), residual=False, branch_scalars="fixup")
+
+
+# ----------------------------------------------------------------------------- only_bn
+
+
+@pytest.mark.parametrize("kind", ["bn", "gn", "ghost_bn", "batch_renorm", "in"])
+def test_only_bn_optimizer_has_exactly_the_norm_params(kind: str) -> None:
+    cfg = load_config([f"norm={kind}", "train.only_bn=true", "model.depth=8"])
+    validate(cfg)
+    net = build_model(cfg.model, cfg.norm)
+    opt = build_optimizer(net, cfg.optim, cfg.train.only_bn)
+    chosen = {id(p) for g in opt.param_groups for p in g["params"]}
+    expected = {
+        id(p) for name, p in net.named_parameters() if name.split(".")[-2].startswith("norm")
+    }
+    assert chosen == expected and len(chosen) == 2 * 7  # 7 norm layers, gamma and beta
+    full = build_optimizer(net, cfg.optim)
+    assert sum(len(g["params"]) for g in full.param_groups) == len(list(net.parameters()))
+
+
+def test_only_bn_step_leaves_convs_untouched() -> None:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(depth=8), BatchNormConfig())
+    opt = build_optimizer(net, OmegaConf.structured(OptimConfig()), only_bn=True)
+    conv_before = net.layer1[0].conv1.weight.clone()
+    x, y = _batch()
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+    assert torch.equal(net.layer1[0].conv1.weight, conv_before)
+    assert not torch.equal(net.norm1.weight, torch.ones(16))
+    assert len(norm_affine_parameters(net)) == 14
