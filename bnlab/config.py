@@ -208,6 +208,22 @@ class ProbeConfig:
     # normalisation, running averages untouched) at each of these eval batch sizes,
     # beside the usual running-statistics accuracy. Empty: skip.
     bn_eval_batch_sizes: list[int] = field(default_factory=list)
+    # Per-epoch probes, written to probes.csv (long format). They run on deep
+    # copies with the RNG restored, so switching them on never changes training.
+    # Each epoch: test accuracy with running vs batch statistics (at data.batch_size).
+    bn_stats: bool = False
+    # At init and each epoch end, on one fixed training batch: every conv/linear
+    # layer's output mean/std (pre-norm) and its weight's gradient norm.
+    activations: bool = False
+    # Internal covariate shift (Santurkar et al. 2018) at each of `steps`.
+    ics: bool = False
+    # Loss landscape along the gradient (loss variation, gradient predictiveness,
+    # effective beta-smoothness) at each of `steps`.
+    landscape: bool = False
+    # Global step indices (0 = the first SGD step) at which ics/landscape run.
+    steps: list[int] = field(default_factory=lambda: [0, 50, 200])
+    # landscape step sizes, as multiples of the current lr (scale-free across schedules).
+    landscape_steps: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
 
 
 @dataclass
@@ -391,6 +407,13 @@ def validate(cfg: Any) -> None:
 
     for size in cfg.probe.bn_eval_batch_sizes:
         _positive("probe.bn_eval_batch_sizes", size)
+    for probe_step in cfg.probe.steps:
+        _check(probe_step >= 0, f"probe.steps has {probe_step}: steps must be >= 0")
+    for mult in cfg.probe.landscape_steps:
+        _check(
+            math.isfinite(mult) and mult >= 0.0,
+            f"probe.landscape_steps has {mult}: multiples of the lr must be finite and >= 0",
+        )
 
     _one_of("logger", cfg.logger.kind, tuple(LOGGER_SCHEMAS))
     if cfg.logger.kind == "wandb":

@@ -66,6 +66,15 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
         mean=data.mean, std=data.std, device=rt.device, channels_last=rt.channels_last,
     )  # fmt: skip
 
+    bn_stats_loader = None
+    if cfg.probe.bn_stats:
+        # Shuffled (the test set is stored class by class), at the training batch size.
+        bn_stats_loader = DeviceLoader(
+            data.test_x, data.test_y, cfg.data.batch_size, train=True, augment=False,
+            mean=data.mean, std=data.std, device=rt.device, seed=cfg.train.seed,
+            channels_last=rt.channels_last,
+        )  # fmt: skip
+
     torch.manual_seed(cfg.train.seed)  # build_model initialises the weights from this seed
     model = build_model(
         cfg.model, cfg.norm, num_classes=len(data.classes), in_channels=data.train_x.shape[-1]
@@ -97,8 +106,9 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
             started = time.perf_counter()
             try:
                 result = fit(
-                    model, train_loader, test_loader, cfg, rt, run, reporter, sink.log_epoch
-                )
+                    model, train_loader, test_loader, cfg, rt, run, reporter, sink.log_epoch,
+                    bn_stats_loader,
+                )  # fmt: skip
             except (KeyboardInterrupt, SystemExit):
                 raise  # interrupted: the checkpoint stays, rerunning resumes
             except Exception as err:

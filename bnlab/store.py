@@ -55,7 +55,16 @@ NON_SCIENCE_KEYS = (
 # Keys added to the schema after runs were stored: at these values they change
 # nothing, so they stay out of the identity and earlier runs keep their hash
 # (a rerun of an old grid finds its finished runs instead of training them again).
-IDENTITY_NEUTRAL = {"train.only_bn": False}
+IDENTITY_NEUTRAL = {
+    "train.only_bn": False,
+    # Probes only measure (on copies); at their defaults old run ids stay valid.
+    "probe.bn_stats": False,
+    "probe.activations": False,
+    "probe.ics": False,
+    "probe.landscape": False,
+    "probe.steps": [0, 50, 200],
+    "probe.landscape_steps": [0.5, 1.0, 2.0, 4.0],
+}
 
 METRIC_COLUMNS = (
     "epoch",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from bnlab.data import DeviceLoader
 from bnlab.models.norms import norm_affine_parameters
 from bnlab.store import RunDir
 from bnlab.train.loop import DivergenceGuard, Reporter, evaluate, train_epoch
+from bnlab.train.probes import EpochProbes, probes_enabled, write_probes
 from bnlab.train.runtime import Runtime
 from bnlab.train.schedule import lr_factor
 
@@ -60,11 +62,13 @@ def fit(
     run: RunDir,
     reporter: Reporter,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    bn_stats_loader: DeviceLoader | None = None,
 ) -> FitResult:
     """Train to cfg.train.epochs (or divergence), resuming from the run's checkpoint.
 
     `on_epoch` receives each new metrics row after it is safely on disk (e.g. a
-    wandb sink); rows from before a resume are not sent again.
+    wandb sink); rows from before a resume are not sent again. `bn_stats_loader`
+    (shuffled test batches at data.batch_size) is needed by probe.bn_stats only.
     """
     epochs = cfg.train.epochs
     # getattr: configs saved before train.only_bn existed lack the key.
@@ -76,6 +80,14 @@ def fit(
         return cfg.optim.lr * lr_factor(step, total_steps, steps_per_epoch, cfg.optim)
 
     guard = DivergenceGuard(cfg.train.divergence_factor)
+    probes: EpochProbes | None = None
+    # getattr: configs saved before the probe keys existed lack them.
+    if probes_enabled(getattr(cfg, "probe", None)):
+        trained_ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        trained = {n for n, p in model.named_parameters() if id(p) in trained_ids}
+        # Epoch 0's first batch: fixed (the loader is deterministic) and a real training input.
+        fixed = next(iter(train_loader.epoch(0))) if cfg.probe.activations else None
+        probes = EpochProbes(cfg.probe, model, rt, trained, fixed, bn_stats_loader)
     rows: list[dict[str, float]] = []
     start_epoch, step, elapsed = 0, 0, 0.0
     diverged_epoch: int | None = None
@@ -88,6 +100,11 @@ def fit(
         rows, start_epoch, step = state["rows"], state["epoch"], state["step"]
         elapsed, diverged_epoch = state["elapsed_s"], state["diverged_epoch"]
         run.write_metrics(rows)  # repair a CSV that lagged the checkpoint
+        if probes is not None:
+            probes.rows = state.get("probe_rows", [])
+            write_probes(run.path, probes.rows)  # likewise
+    elif probes is not None:
+        probes.at_init()
     resumed_from = start_epoch
 
     forward = torch.compile(model) if rt.compile else model
@@ -96,11 +113,15 @@ def fit(
     for epoch in range(first_epoch, epochs):
         epoch_start = time.perf_counter()
         reporter.epoch_start(epoch + 1, epochs, steps_per_epoch)
+        # The probes label their rows with the (1-based) epoch being trained.
+        before_step = partial(probes.before_step, epoch + 1) if probes is not None else None
         stats = train_epoch(
-            forward, train_loader, epoch, optimizer, lr_at, step, rt, guard, reporter
+            forward, train_loader, epoch, optimizer, lr_at, step, rt, guard, reporter, before_step
         )
         step += stats.steps
         test_loss, test_acc = evaluate(forward, test_loader, rt)
+        if probes is not None:
+            probes.end_epoch(epoch + 1, step, test_acc)
         elapsed += stats.seconds
         row = {
             "epoch": epoch + 1,
@@ -127,9 +148,12 @@ def fit(
                 "rows": rows,
                 "elapsed_s": elapsed,
                 "diverged_epoch": diverged_epoch,
+                "probe_rows": probes.rows if probes is not None else [],
             }
         )
         run.write_metrics(rows)
+        if probes is not None:
+            write_probes(run.path, probes.rows)
         if on_epoch is not None:
             on_epoch(row)
         reporter.epoch_end(row)

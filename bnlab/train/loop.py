@@ -81,8 +81,13 @@ def train_epoch(
     rt: Runtime,
     guard: DivergenceGuard,
     reporter: Reporter,
+    before_step: Callable[[int, torch.Tensor, torch.Tensor, float], None] | None = None,
 ) -> EpochStats:
-    """One pass over the training loader; stops early on a non-finite loss."""
+    """One pass over the training loader; stops early on a non-finite loss.
+
+    `before_step(step, x, y, lr)` (probes) sees each batch before its update; it
+    must not change the model, the optimizer or the RNG.
+    """
     model.train()
     # Per-step host syncs are free on CPU; on a GPU check every few steps only.
     check_every = 1 if rt.device.type == "cpu" else 25
@@ -94,6 +99,8 @@ def train_epoch(
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if before_step is not None:
+            before_step(step, x, y, lr)
         with rt.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)

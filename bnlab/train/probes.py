@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import csv
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnlab.data import DeviceLoader
+from bnlab.store import atomic_write_text
 from bnlab.train.loop import evaluate
 from bnlab.train.runtime import Runtime
 
@@ -56,3 +63,288 @@ def bn_eval(
         )  # fmt: skip
         batch_acc[str(size)] = batch_stats_accuracy(model, loader, rt)
     return {"running_stats_acc": running_acc, "batch_stats_acc": batch_acc}
+
+
+# ----------------------------------------------------------------------------- per-epoch probes
+#
+# Every probe below works on a deep copy of the model inside `_isolated()`, which
+# restores the global RNG afterwards: the real model's weights, grads, BN running
+# averages and the random stream (noisy norms draw from it) are never touched, so
+# a run's metrics.csv is the same with or without probes.
+
+PROBE_COLUMNS = ("epoch", "step", "probe", "layer", "metric", "value")
+PROBES_FILE = "probes.csv"
+
+ProbeRow = dict[str, Any]
+
+
+def probes_enabled(probe_cfg: Any) -> bool:
+    return any(
+        getattr(probe_cfg, k, False) for k in ("bn_stats", "activations", "ics", "landscape")
+    )
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The conv and linear layers, in forward order (stem conv1, layer1.0.conv1, ..., fc)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def probes_csv_text(rows: list[ProbeRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(PROBE_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        # repr: floats round-trip exactly, so a resumed run's file can be compared.
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_probes(run_path: Path, rows: list[ProbeRow]) -> None:
+    atomic_write_text(run_path / PROBES_FILE, probes_csv_text(rows))
+
+
+@contextlib.contextmanager
+def _isolated(rt: Runtime) -> Iterator[None]:
+    devices = [rt.device.index or 0] if rt.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+class _SameNoise:
+    """Replays one RNG state before each forward, so noisy norms (bn_noisy) draw
+    the same noise in the passes a probe compares: differences are then due to
+    the weights alone."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.cuda = rt.device.type == "cuda"
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state() if self.cuda else None
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda_state is not None:
+            torch.cuda.set_rng_state(self.cuda_state)
+
+
+def _grads(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and every parameter's gradient on (x, y), as the training step computes them."""
+    model.zero_grad(set_to_none=True)
+    with rt.autocast():
+        loss = F.cross_entropy(model(x).float(), y)
+    loss.backward()
+    grads = {
+        n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+    }
+    model.zero_grad(set_to_none=True)
+    return loss.item(), grads
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((t.float().pow(2).sum() for t in tensors), torch.zeros(()))))
+
+
+def activation_stats(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime
+) -> list[tuple[str, str, float]]:
+    """(layer, metric, value): each conv/linear output's mean and std, and its weight's grad norm.
+
+    The output is taken before the norm layer (the pre-activation), in train mode
+    as the training step sees it, by forward hooks on a copy.
+    """
+    probe = copy.deepcopy(model).train()
+    stats: dict[str, tuple[float, float]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+            out = out.detach().float()
+            stats[name] = (out.mean().item(), out.std().item())
+
+        return record
+
+    layers = weight_layers(probe)
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers]
+    try:
+        with _isolated(rt):
+            _, grads = _grads(probe, x, y, rt)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for name, _ in layers:
+        mean, std = stats[name]
+        out += [(name, "act_mean", mean), (name, "act_std", std)]
+        out.append((name, "grad_norm", _norm([grads[f"{name}.weight"]])))
+    return out
+
+
+def _step_copy(
+    probe: nn.Module,
+    base: dict[str, torch.Tensor],
+    grads: dict[str, torch.Tensor],
+    trained: set[str],
+    eta: float,
+) -> None:
+    """Set the copy's weights to base - eta * grad on the trained parameters (plain SGD)."""
+    with torch.no_grad():
+        for n, p in probe.named_parameters():
+            p.copy_(base[n])
+            if n in trained:
+                p.sub_(grads[n], alpha=eta)
+
+
+def ics(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    trained: set[str],
+    rt: Runtime,
+) -> list[tuple[str, str, float]]:
+    """Internal covariate shift after Santurkar et al. (2018, Sec. 3), per weight layer.
+
+    G = the layer's weight gradient on this batch; G' = the same after one plain
+    SGD step (w -= lr * g: no momentum, no weight decay) on the batch. Santurkar
+    update only the layers *before* layer i for G'_i, which costs one extra
+    forward/backward per layer; here all trained layers are updated at once (one
+    extra pass in total), so G'_i also moves with layer i's own and the later
+    layers' updates. Reported: ||G - G'||_2 (ics_l2) and cos(G, G') (ics_cos).
+    """
+    probe = copy.deepcopy(model).train()
+    with _isolated(rt):
+        noise = _SameNoise(rt)
+        _, g = _grads(probe, x, y, rt)
+        base = {n: p.detach().clone() for n, p in probe.named_parameters()}
+        _step_copy(probe, base, g, trained, lr)
+        noise.replay()
+        _, g2 = _grads(probe, x, y, rt)
+    out = []
+    for name, _ in weight_layers(probe):
+        a, b = g[f"{name}.weight"].flatten().float(), g2[f"{name}.weight"].flatten().float()
+        denom = a.norm() * b.norm()
+        cos = float(a @ b / denom) if denom > 0 else float("nan")
+        out += [(name, "ics_l2", float((a - b).norm())), (name, "ics_cos", cos)]
+    return out
+
+
+def landscape(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    multiples: list[float],
+    trained: set[str],
+    rt: Runtime,
+) -> list[tuple[str, str, float]]:
+    """The loss along the gradient direction (Santurkar et al. 2018, Sec. 3.1), on this batch.
+
+    For eta = m * lr for m in `multiples`: loss(w - eta g) (`loss@m`) and the
+    gradient change ||grad(w) - grad(w - eta g)||_2 (`grad_change@m`). Summaries:
+    loss_min/loss_max/loss_variation (max - min over the etas), grad_change_max
+    (gradient predictiveness), and beta_smoothness = max over eta > 0 of
+    grad change / ||eta g|| (nan when no eta > 0). Only the trained parameters
+    move; layer is "all".
+    """
+    probe = copy.deepcopy(model).train()
+    losses, changes, betas = [], [], []
+    out: list[tuple[str, str, float]] = []
+    with _isolated(rt):
+        noise = _SameNoise(rt)
+        _, g = _grads(probe, x, y, rt)
+        base = {n: p.detach().clone() for n, p in probe.named_parameters()}
+        names = [n for n in base if n in trained]
+        g_norm = _norm([g[n] for n in names])
+        for m in multiples:
+            eta = m * lr
+            _step_copy(probe, base, g, trained, eta)
+            noise.replay()
+            loss, g2 = _grads(probe, x, y, rt)
+            change = _norm([g[n] - g2[n] for n in names])
+            losses.append(loss)
+            changes.append(change)
+            if eta * g_norm > 0:
+                betas.append(change / (eta * g_norm))
+            out += [("all", f"loss@{m:g}", loss), ("all", f"grad_change@{m:g}", change)]
+    if losses:
+        out += [
+            ("all", "loss_min", min(losses)),
+            ("all", "loss_max", max(losses)),
+            ("all", "loss_variation", max(losses) - min(losses)),
+            ("all", "grad_change_max", max(changes)),
+        ]
+    out.append(("all", "beta_smoothness", max(betas) if betas else float("nan")))
+    return out
+
+
+class EpochProbes:
+    """The probes switched on in ``cfg.probe``, with the rows they have produced.
+
+    `rows` is checkpointed by fit() beside the metric rows, so a resumed run
+    continues the same list (and a killed epoch's rows are dropped with it).
+    """
+
+    def __init__(
+        self,
+        probe_cfg: Any,
+        model: nn.Module,
+        rt: Runtime,
+        trained: set[str],
+        fixed_batch: tuple[torch.Tensor, torch.Tensor] | None,
+        bn_loader: DeviceLoader | None,
+    ) -> None:
+        self.cfg = probe_cfg
+        self.model = model
+        self.rt = rt
+        self.trained = trained
+        self.fixed_batch = fixed_batch
+        self.bn_loader = bn_loader
+        self.steps = set(probe_cfg.steps)
+        self.rows: list[ProbeRow] = []
+
+    def _add(self, epoch: int, step: int, probe: str, values: list[tuple[str, str, float]]) -> None:
+        for layer, metric, value in values:
+            self.rows.append(
+                {"epoch": epoch, "step": step, "probe": probe, "layer": layer,
+                 "metric": metric, "value": float(value)}
+            )  # fmt: skip
+
+    def at_init(self) -> None:
+        """Before the first step of a fresh run (epoch 0, step 0)."""
+        if self.cfg.activations:
+            self._activations(0, 0)
+
+    def _activations(self, epoch: int, step: int) -> None:
+        assert self.fixed_batch is not None
+        x, y = self.fixed_batch
+        self._add(epoch, step, "activations", activation_stats(self.model, x, y, self.rt))
+
+    def before_step(
+        self, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, lr: float
+    ) -> None:
+        """On the batch of global step `step`, before the real update (weights as it sees them)."""
+        if step not in self.steps:
+            return
+        if self.cfg.ics:
+            self._add(epoch, step, "ics", ics(self.model, x, y, lr, self.trained, self.rt))
+        if self.cfg.landscape:
+            values = landscape(
+                self.model, x, y, lr, list(self.cfg.landscape_steps), self.trained, self.rt
+            )
+            self._add(epoch, step, "landscape", values)
+
+    def end_epoch(self, epoch: int, step: int, running_acc: float) -> None:
+        if self.cfg.bn_stats:
+            assert self.bn_loader is not None
+            with _isolated(self.rt):
+                batch_acc = batch_stats_accuracy(self.model, self.bn_loader, self.rt)
+            # gap > 0: running statistics beat the batch's own at the training batch size.
+            values = [
+                ("all", "running_acc", running_acc),
+                ("all", "batch_acc", batch_acc),
+                ("all", "gap", running_acc - batch_acc),
+            ]
+            self._add(epoch, step, "bn_stats", values)
+        if self.cfg.activations:
+            self._activations(epoch, step)
