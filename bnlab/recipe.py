@@ -142,7 +142,7 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
             if sizes and result.status == "completed":
                 summary["bn_eval"] = bn_eval(
                     model, data.test_x, data.test_y, sizes, data.mean, data.std, rt,
-                    cfg.train.seed,
+                    cfg.train.seed, running_acc=rows[-1]["test_acc"],
                 )  # fmt: skip
             run.write_summary(summary)
             sink.finish(summary)

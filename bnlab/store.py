@@ -308,9 +308,3 @@ class RunStore:
 
     def run_dir(self, cfg: DictConfig) -> RunDir:
         return RunDir(self.root / run_name(cfg))
-
-    def runs(self) -> list[RunDir]:
-        if not self.root.is_dir():
-            return []
-        found = [RunDir(p) for p in self.root.iterdir() if (p / "config.yaml").exists()]
-        return sorted(found, key=lambda r: r.path.name)

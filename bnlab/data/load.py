@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from bnlab.config import DataConfig
+from bnlab.config import DATASETS, DataConfig
 from bnlab.data import cifar10, cifar10_jpeg, fashion_mnist
 from bnlab.data.dataset import Dataset, balanced_subset
 from bnlab.errors import BnlabError
-
-SOURCES = ("cifar10_jpeg", "cifar10", "fashion_mnist")
 
 
 def load_full(cfg: DataConfig) -> Dataset:
@@ -20,7 +18,7 @@ def load_full(cfg: DataConfig) -> Dataset:
         return cifar10.load(cfg.root, download=cfg.download)
     if cfg.name == "fashion_mnist":
         return fashion_mnist.load(cfg.root)
-    raise BnlabError(f"data.name={cfg.name!r} is not one of: {', '.join(SOURCES)}")
+    raise BnlabError(f"data.name={cfg.name!r} is not one of: {', '.join(DATASETS)}")
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:

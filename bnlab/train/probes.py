@@ -16,7 +16,6 @@ from torch import nn
 
 from bnlab.data import DeviceLoader
 from bnlab.store import atomic_write_text
-from bnlab.train.loop import evaluate
 from bnlab.train.runtime import Runtime
 
 
@@ -48,13 +47,13 @@ def bn_eval(
     std: tuple[float, ...],
     rt: Runtime,
     seed: int,
+    running_acc: float,
 ) -> dict[str, Any]:
-    """Running-statistics accuracy vs batch-statistics accuracy at each eval batch size."""
-    running = DeviceLoader(
-        test_x, test_y, 256, train=False, augment=False, mean=mean, std=std,
-        device=rt.device, channels_last=rt.channels_last,
-    )  # fmt: skip
-    _, running_acc = evaluate(model, running, rt)
+    """Running-statistics accuracy vs batch-statistics accuracy at each eval batch size.
+
+    `running_acc` is the final epoch's test accuracy: the loop already evaluated
+    this model with its running statistics on the same test set.
+    """
     batch_acc = {}
     for size in sizes:
         loader = DeviceLoader(
