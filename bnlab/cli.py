@@ -217,10 +217,10 @@ def report(
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Where the report goes")] = Path("results"),
     experiment: Annotated[
-        str | None, typer.Option("--experiment", help="One claim only, e.g. lr")
+        str | None, typer.Option("--experiment", help="One section only, e.g. lr or ics")
     ] = None,
 ) -> None:
-    """Tables, figures and a verdict per claim, computed from the run store."""
+    """Tables, figures and a verdict per claim and mechanism section, from the run store."""
     from bnlab.report import build_report
 
     if runs is None:

@@ -179,6 +179,9 @@ class OptimConfig:
     gamma: float = 0.1  # multistep: lr factor at each milestone
     warmup_epochs: float = 0.0  # linear warm-up from 0, before any schedule
     peak_at: float = 0.25  # onecycle: fraction of training where the lr peaks
+    # model.init=fixup only: lr multiplier of the scalar biases and multipliers (and the
+    # head's bias), as in Zhang et al.'s reference CIFAR code (base_lr / 10).
+    fixup_scalar_lr: float = 0.1
 
 
 # ----------------------------------------------------------------------------- train etc.
@@ -390,6 +393,7 @@ def validate(cfg: Any) -> None:
         f"optim.milestones={list(o.milestones)} must be increasing fractions of training in (0, 1)",
     )
     _positive("optim.gamma", o.gamma)
+    _positive("optim.fixup_scalar_lr", o.fixup_scalar_lr)
     _check(o.warmup_epochs >= 0.0, f"optim.warmup_epochs={o.warmup_epochs} must be >= 0")
     _check(0.0 < o.peak_at < 1.0, f"optim.peak_at={o.peak_at} must be in (0, 1)")
     _check(not (o.nesterov and o.momentum == 0), "optim.nesterov=true needs optim.momentum > 0")

@@ -57,6 +57,7 @@ NON_SCIENCE_KEYS = (
 # (a rerun of an old grid finds its finished runs instead of training them again).
 IDENTITY_NEUTRAL = {
     "train.only_bn": False,
+    "optim.fixup_scalar_lr": 0.1,
     # Probes only measure (on copies); at their defaults old run ids stay valid.
     "probe.bn_stats": False,
     "probe.activations": False,
@@ -65,6 +66,10 @@ IDENTITY_NEUTRAL = {
     "probe.steps": [0, 50, 200],
     "probe.landscape_steps": [0.5, 1.0, 2.0, 4.0],
 }
+
+# probes.csv, written by bnlab.train.probes in long format (one row per measurement).
+PROBE_COLUMNS = ("epoch", "step", "probe", "layer", "metric", "value")
+PROBES_FILE = "probes.csv"
 
 METRIC_COLUMNS = (
     "epoch",

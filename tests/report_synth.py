@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab.compose import load_config
-from bnlab.store import RunDir, run_name
+from bnlab.store import PROBE_COLUMNS, PROBES_FILE, RunDir, run_name
 
 CHANCE = 0.1
 DATASET = "CIFAR-10 (JPEG q75)"
@@ -225,4 +225,103 @@ def make_realistic_store(runs: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path
             )
     make_run(runs, norm="bn", status="failed", config={"model.depth": 56, "train.seed": 7})
     make_run(runs, norm="none", summary=False, config={"model.depth": 56, "train.seed": 7})
+    make_mechanism_store(runs, seeds, rng)
+    return runs
+
+
+# ----------------------------------------------------------------------------- mechanism runs
+
+PROBED = {"probe.ics": True, "probe.activations": True, "probe.landscape": True}
+LAYERS = ("conv1", "layer1.0.conv1", "layer2.0.conv1", "fc")
+# norm -> (final acc at lr 0.1, activation shift per probe interval, ICS 1 - cos)
+ICS_RUNS = {
+    "bn": (0.72, 0.10, 0.20),
+    "bn_noisy": (0.70, 0.60, 0.45),
+    "none": (0.40, 0.30, 0.25),
+    "none_noisy": (0.22, 0.80, 0.50),
+}
+# norm -> (loss variation, gradient change, beta-smoothness) at every probed step
+LANDSCAPE_RUNS = {"bn": (0.05, 0.5, 4.0), "none": (0.6, 3.0, 40.0)}
+ALTERNATIVE_ACC = {  # arm -> batch -> acc; BN gains 8 pp from 8 to 128, the others 1-3
+    ("bn", None): {8: 0.64, 128: 0.72},
+    ("gn", None): {8: 0.65, 128: 0.66},
+    ("ln", None): {8: 0.61, 128: 0.63},
+    ("batch_renorm", None): {8: 0.69, 128: 0.71},
+    ("ghost_bn", 4): {8: 0.60, 128: 0.62},
+}
+DEEP_ACC = {  # arm -> depth -> acc (None: diverges)
+    "fixup": {20: 0.68, 56: 0.66},
+    "skipinit": {20: 0.67, 56: 0.64},
+}
+
+
+def write_probe_rows(run: Path, rows: list[tuple[int, int, str, str, str, float]]) -> None:
+    """probes.csv as bnlab.train.probes writes it (repr'd floats, long format)."""
+    lines = [",".join(PROBE_COLUMNS)]
+    lines += [",".join(str(v) if not isinstance(v, float) else repr(v) for v in r) for r in rows]
+    (run / PROBES_FILE).write_text("\n".join(lines) + "\n")
+
+
+def activation_rows(shift: float, points: int = 6) -> list[tuple[int, int, str, str, str, float]]:
+    """Per layer, a mean moving by `shift` per point at std 1: distribution shift = `shift`."""
+    rows = []
+    for p in range(points):
+        for layer in LAYERS:
+            rows += [(p, 39 * p, "activations", layer, "act_mean", p * shift),
+                     (p, 39 * p, "activations", layer, "act_std", 1.0)]  # fmt: skip
+    return rows
+
+
+def ics_rows(one_minus_cos: float, steps: tuple[int, ...] = (0, 50, 150)) -> list[tuple]:
+    return [
+        (1 + s // 39, s, "ics", layer, "ics_cos", 1.0 - one_minus_cos)
+        for s in steps
+        for layer in LAYERS
+    ]
+
+
+def landscape_rows(
+    variation: float, change: float, beta: float, steps: tuple[int, ...] = (0, 50, 150)
+) -> list[tuple]:
+    rows = []
+    for s in steps:
+        e = 1 + s // 39
+        rows += [(e, s, "landscape", "all", "loss@0.5", 2.0), (e, s, "landscape", "all",
+                 "loss@4", 2.0 + variation), (e, s, "landscape", "all", "grad_change@0.5",
+                 change / 8), (e, s, "landscape", "all", "grad_change@4", change)]  # fmt: skip
+        rows += [(e, s, "landscape", "all", "loss_variation", variation),
+                 (e, s, "landscape", "all", "grad_change_max", change),
+                 (e, s, "landscape", "all", "beta_smoothness", beta)]  # fmt: skip
+    return rows
+
+
+def make_mechanism_store(
+    runs: Path, seeds: tuple[int, ...] = (0,), rng: np.random.Generator | None = None
+) -> Path:
+    """The ics/landscape, norms (alternatives) and deep_no_norm grids, with probes."""
+    rng = rng or np.random.default_rng(1)
+    for seed in seeds:
+        for norm, (acc, shift, ics) in ICS_RUNS.items():
+            for lr, scale in ((0.1, 1.0), (0.01, 0.9)):
+                noise = float(rng.normal(0, 0.004))
+                cfg = {**PROBED, "optim.lr": lr, "train.seed": seed}
+                run = make_run(runs, norm=norm, final=acc * scale + noise, config=cfg,
+                               experiment="ics")  # fmt: skip
+                rows = activation_rows(shift) + ics_rows(ics)
+                if norm in LANDSCAPE_RUNS:
+                    rows += landscape_rows(*LANDSCAPE_RUNS[norm])
+                write_probe_rows(run, rows)
+        for (norm, vb), accs in ALTERNATIVE_ACC.items():
+            for batch, acc in accs.items():
+                cfg = {"data.batch_size": batch, "optim.lr": 0.1 * batch / 128, "train.seed": seed}
+                if vb is not None:
+                    cfg["norm.virtual_batch"] = vb
+                noise = float(rng.normal(0, 0.004))
+                make_run(runs, norm=norm, final=acc + noise, config=cfg, experiment="norms")
+        for arm, accs in DEEP_ACC.items():
+            for depth, acc in accs.items():
+                cfg = {"model.init": arm, "model.depth": depth, "train.seed": seed}
+                noise = float(rng.normal(0, 0.004))
+                make_run(runs, norm="none", final=acc + noise, config=cfg,
+                         experiment="deep_no_norm")  # fmt: skip
     return runs

@@ -23,6 +23,7 @@ from bnlab.config import (
     WeightNormConfig,
     validate,
 )
+from bnlab.data import DeviceLoader
 from bnlab.errors import BnlabError
 from bnlab.models import BasicBlock, build_model, count_params, make_norm
 from bnlab.models.norms import (
@@ -32,7 +33,10 @@ from bnlab.models.norms import (
     NoisyBatchNorm2d,
     norm_affine_parameters,
 )
+from bnlab.store import run_id
 from bnlab.train.fit import build_optimizer
+from bnlab.train.loop import DivergenceGuard, SilentReporter, train_epoch
+from bnlab.train.runtime import resolve_runtime
 
 NEW_KINDS = ["bn_noisy", "none_noisy", "ghost_bn", "batch_renorm", "in", "weight_norm"]
 BN_PARAMS_20 = 269_722
@@ -377,3 +381,38 @@ def test_only_bn_step_leaves_convs_untouched() -> None:
     assert torch.equal(net.layer1[0].conv1.weight, conv_before)
     assert not torch.equal(net.norm1.weight, torch.ones(16))
     assert len(norm_affine_parameters(net)) == 14
+
+
+# ----------------------------------------------------------------------------- fixup's lr
+
+
+def test_fixup_scalars_train_at_a_tenth_of_the_lr() -> None:
+    # Zhang et al.'s reference CIFAR code: biases and multipliers at base_lr / 10.
+    cfg = load_config(["arm=fixup", "model.depth=8"])
+    validate(cfg)
+    net = build_model(cfg.model, cfg.norm)
+    opt = build_optimizer(net, cfg.optim, init="fixup")
+    slow = {id(p) for g in opt.param_groups if g["lr_scale"] == 0.1 for p in g["params"]}
+    names = {n for n, p in net.named_parameters() if id(p) in slow}
+    assert {"layer1.0.bias1a", "layer1.0.scale", "stem_bias", "head_bias", "fc.bias"} <= names
+    assert not any(n.endswith("weight") for n in names)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    # The loop sets each group's lr to the schedule's lr x lr_scale, before each step.
+    seen: list[dict[float, float]] = []
+
+    def record(*_: object) -> None:
+        seen.append({g["lr_scale"]: g["lr"] for g in opt.param_groups})
+
+    x = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    loader = DeviceLoader(x, torch.arange(8) % 10, 4, train=True, augment=False,
+                          mean=(0.5,) * 3, std=(0.25,) * 3)  # fmt: skip
+    rt = resolve_runtime(cfg.train)
+    train_epoch(net, loader, 0, opt, lambda step: 0.2, 0, rt, DivergenceGuard(10.0),
+                SilentReporter(), record)  # fmt: skip
+    assert seen == [{1.0: 0.2, 0.1: pytest.approx(0.02)}] * 2
+    # Other inits: one group at the full lr; fixup_scalar_lr at its default keeps run ids.
+    plain = build_optimizer(net, cfg.optim, init="kaiming")
+    assert [g["lr_scale"] for g in plain.param_groups] == [1.0]
+    base = load_config(["arm=fixup"])
+    assert run_id(base) == run_id(load_config(["arm=fixup", "optim.fixup_scalar_lr=0.1"]))
+    assert run_id(base) != run_id(load_config(["arm=fixup", "optim.fixup_scalar_lr=1.0"]))

@@ -4,7 +4,9 @@ load.py     runs folder -> RunTables (one row per run, one per epoch, warnings)
 select.py   which runs a claim compares (config values, one setting)
 stats.py    seeds -> mean/std/n, and when a difference counts
 claims.py   one function per claim, each with its rule as its docstring
-plots.py    one matplotlib figure per claim (PNG + SVG)
+mechanisms.py  the same for why BN helps: ICS, landscape, small-batch alternatives, depth
+sections.py every section in report order, and every figure
+plots.py, mechanism_plots.py  one matplotlib figure per claim or section (PNG + SVG)
 render.py   report.md, standalone report.html, runs.csv, epochs.csv
 publish.py  build in a staging folder, then move into place
 """
@@ -15,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnlab.errors import BnlabError
-from bnlab.report.claims import CLAIMS, ClaimResult, evaluate_claims
+from bnlab.report.claims import ClaimResult
 from bnlab.report.load import load_runs
 from bnlab.report.publish import publish
 from bnlab.report.render import OWNED, write_report
+from bnlab.report.sections import SECTIONS, evaluate_sections
 
-__all__ = ["CLAIMS", "ClaimResult", "ReportResult", "build_report"]
+__all__ = ["SECTIONS", "ClaimResult", "ReportResult", "build_report"]
 
 
 @dataclass
@@ -38,16 +41,17 @@ class ReportResult:
 def build_report(runs: Path, out: Path, experiment: str | None = None) -> ReportResult:
     """Read every run under `runs`, decide each claim, write the report into `out`.
 
-    experiment: one claim key (lr, depth, ...) to report on alone; None for all.
+    experiment: one section key (lr, depth, ..., ics, landscape) to report on alone;
+    None for all.
     Raises BnlabError (one line) for an unknown key, a runs folder with no
     readable run, or an output folder that cannot be written.
     """
-    if experiment is not None and experiment not in CLAIMS:
-        known = ", ".join(CLAIMS)
+    if experiment is not None and experiment not in SECTIONS:
+        known = ", ".join(SECTIONS)
         raise BnlabError(f"unknown experiment '{experiment}' (choose one of: {known})")
     out = Path(out)
     tables = load_runs(Path(runs))
-    claims = evaluate_claims(tables.runs, tables.epochs, [experiment] if experiment else None)
+    claims = evaluate_sections(tables, [experiment] if experiment else None)
     written = publish(out, lambda staging: write_report(staging, tables, claims), OWNED)
     return ReportResult(
         out=out,

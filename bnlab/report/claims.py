@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bnlab.report.select import STANDARD, Setting, linear_lr, select
+from bnlab.report.select import STANDARD, Setting, arm_labels, linear_lr, select
 from bnlab.report.stats import (
     EQUAL,
     GREATER,
@@ -52,7 +52,9 @@ VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NO_DATA, DESCRIPTIVE)
 
 NORM_ORDER = ("bn", "gn", "ln", "none")
 BN_NONE = ("bn", "none")
-MODEL = {k: STANDARD[k] for k in ("model.depth", "model.residual", "model.init_scale")}
+MODEL = {
+    k: STANDARD[k] for k in ("model.depth", "model.residual", "model.init", "model.init_scale")
+}
 
 
 def _without(*keys: str) -> dict[str, Any]:
@@ -114,7 +116,10 @@ TEXT = {
         "BN needs its running averages at inference: normalising with the statistics of "
         "small eval batches costs accuracy.",
     ),
-    "norms": ("Normalisers side by side", "BN, GroupNorm, LayerNorm and no normalisation."),
+    "norms": (
+        "Normalisers side by side",
+        "BN, GroupNorm, LayerNorm, no normalisation, and any other norm kind found.",
+    ),
 }
 
 
@@ -663,7 +668,9 @@ def norms_section(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
     if sel.empty:
         return _result(norms_section, "norms", NO_DATA, notes=notes)
     key = "data.batch_size"
-    pts = aggregate(_with_acc(sel), ["norm.kind", key], "acc")
+    # Each Ghost BN virtual batch is its own normaliser (ghost_bn/4).
+    labelled = _with_acc(sel).assign(**{"norm.kind": arm_labels(sel)})
+    pts = aggregate(labelled, ["norm.kind", key], "acc")
     numbers: dict[str, Any] = {}
     for batch, sub in pts.dropna(subset=["mean"]).groupby(key):
         best = sub.loc[sub["mean"].idxmax()]

@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from bnlab.errors import BnlabError
-from bnlab.store import METRIC_COLUMNS
+from bnlab.store import METRIC_COLUMNS, PROBE_COLUMNS, PROBES_FILE
 
 # A metrics.csv without these cannot be a bnlab one; the timing columns are optional.
 REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -32,6 +32,11 @@ BACKFILL: dict[str, Any] = {
     "model.residual": True,
     "data.augment": True,
     "experiment_name": None,
+    "model.init": "kaiming",
+    "probe.bn_stats": False,
+    "probe.activations": False,
+    "probe.ics": False,
+    "probe.landscape": False,
 }
 # Training images per epoch when a summary predates its `train_images` field and
 # data.train_size is null (the whole training set).
@@ -52,6 +57,7 @@ SUMMARY_NUMERIC = (
     "train_images",
     "test_images",
 )
+PROBE_TABLE = ["run_id", *PROBE_COLUMNS]
 # Folder names end in the run's 12-hex identity: <arch><depth>[plain]-<norm>-<id>.
 RUN_ID = re.compile(r"-([0-9a-f]{12})$")
 
@@ -64,6 +70,8 @@ class CorruptRun(Exception):
 class RunTables:
     runs: pd.DataFrame  # one row per run: dotted config keys, summary fields, run_dir, status
     epochs: pd.DataFrame  # one row per run and epoch: run_id + the metrics.csv columns
+    # one row per probe measurement: run_id + the probes.csv columns (long format)
+    probes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROBE_TABLE))
     warnings: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (folder name, reason)
 
@@ -77,6 +85,7 @@ def load_runs(root: Path) -> RunTables:
         raise BnlabError(f"runs folder {root} is not a folder")
     rows: list[dict[str, Any]] = []
     curves: list[pd.DataFrame] = []
+    probe_tables: list[pd.DataFrame] = []
     warnings: list[str] = []
     skipped: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
@@ -98,6 +107,13 @@ def load_runs(root: Path) -> RunTables:
             warnings.append(f"run folder {folder.name} has no metrics.csv: no per-epoch curve")
         if metrics is not None and not metrics.empty:
             curves.append(metrics.assign(run_id=rid))
+        try:
+            probes = read_probes(folder / PROBES_FILE)
+        except CorruptRun as err:  # the run's accuracy still counts; only its probes are lost
+            warnings.append(f"run folder {folder.name}: {err}; its probes are left out")
+            probes = None
+        if probes is not None and not probes.empty:
+            probe_tables.append(probes.assign(run_id=rid))
         rows.append(row)
     if not rows:
         detail = f" ({len(skipped)} unreadable)" if skipped else ""
@@ -106,7 +122,9 @@ def load_runs(root: Path) -> RunTables:
     columns = ["run_id", *METRIC_COLUMNS]
     epochs = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=columns)
     epochs = epochs.reindex(columns=columns)
-    return RunTables(runs=runs, epochs=epochs, warnings=warnings, skipped=skipped)
+    probes = pd.concat(probe_tables, ignore_index=True) if probe_tables else pd.DataFrame()
+    probes = probes.reindex(columns=PROBE_TABLE)
+    return RunTables(runs=runs, epochs=epochs, probes=probes, warnings=warnings, skipped=skipped)
 
 
 def read_run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
@@ -175,6 +193,23 @@ def read_metrics(path: Path) -> pd.DataFrame | None:
     metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
     metrics["epoch"] = metrics["epoch"].astype(int)
     return metrics
+
+
+def read_probes(path: Path) -> pd.DataFrame | None:
+    """probes.csv (long format: epoch, step, probe, layer, metric, value); None if absent."""
+    if not path.exists():
+        return None
+    dtypes = {"epoch": int, "step": int, "probe": str, "layer": str, "metric": str, "value": float}
+    try:
+        probes = pd.read_csv(
+            path, dtype=dtypes, keep_default_na=False, na_values={"value": ["nan"]}
+        )
+    except (OSError, ValueError) as err:
+        raise CorruptRun(f"unreadable {PROBES_FILE} ({_first_line(err)})") from None
+    missing = [c for c in PROBE_COLUMNS if c not in probes.columns]
+    if missing:
+        raise CorruptRun(f"{PROBES_FILE} lacks column(s) {', '.join(missing)}")
+    return probes[list(PROBE_COLUMNS)]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

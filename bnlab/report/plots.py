@@ -27,6 +27,12 @@ NORM_STYLE = {  # colour-blind-safe (Okabe-Ito), fixed per norm across all figur
     "none": ("#D55E00", "no norm"),
     "gn": ("#009E73", "GroupNorm"),
     "ln": ("#CC79A7", "LayerNorm"),
+    # The mechanism sections' arms (never more than four or five in one figure).
+    "bn_noisy": ("#56B4E9", "BN + noise"),
+    "none_noisy": ("#E69F00", "no norm + noise"),
+    "batch_renorm": ("#000000", "Batch Renorm"),
+    "fixup": ("#009E73", "Fixup (no norm)"),
+    "skipinit": ("#CC79A7", "SkipInit (no norm)"),
 }
 EXTRA_COLOURS = ("#E69F00", "#56B4E9", "#F0E442", "#000000")
 SERIES_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
@@ -45,6 +51,8 @@ def norm_colour(norm: str) -> str:
 
 
 def norm_label(norm: str) -> str:
+    if norm.startswith("ghost_bn/"):  # an arm label: Ghost BN with its virtual batch
+        return f"Ghost BN ({norm.split('/')[1]} samples)"
     return NORM_STYLE.get(norm, (None, norm))[1]
 
 
@@ -223,9 +231,12 @@ def norms_accuracy(result: ClaimResult) -> Figure:
     _chance(ax)
     ax.set_xlabel("training batch size (lr = 0.1 x batch/128)")
     ax.set_ylabel("final test accuracy (%), mean ± std\n(diverged run = chance)")
-    # Headroom for a one-row legend above the bars.
-    ax.set_ylim(0, min(100.0, _top(pts["mean"] + pts["std"].fillna(0)) + 8))
-    _legend(ax, loc="upper center", ncols=len(norms_in(pts)) + 1)
+    # Headroom for a legend of one or two rows above the bars.
+    entries = len(norms_in(pts)) + 1
+    ncols = entries if entries <= 5 else (entries + 1) // 2
+    headroom = 8 if entries <= 5 else 16
+    ax.set_ylim(0, min(100.0, _top(pts["mean"] + pts["std"].fillna(0)) + headroom))
+    _legend(ax, loc="upper center", ncols=ncols)
     return _finish(fig, result, "accuracy per normaliser and batch size")
 
 

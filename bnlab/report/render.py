@@ -18,7 +18,8 @@ import pandas as pd
 
 from bnlab.report.claims import ClaimResult
 from bnlab.report.load import RunTables
-from bnlab.report.plots import FIGURES, save_figure
+from bnlab.report.plots import save_figure
+from bnlab.report.sections import FIGURES
 from bnlab.report.tables import cell_text, html_table, markdown_table
 
 TITLE = "bnlab report: popular claims about Batch Normalization"

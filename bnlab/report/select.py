@@ -23,6 +23,8 @@ FINISHED = ("completed", "diverged")  # incomplete and failed runs carry no resu
 # The recipe every claim holds fixed unless it varies that factor (He et al.'s ResNet-20).
 STANDARD: dict[str, Any] = {
     "model.depth": 20,
+    # He init: Fixup/SkipInit runs (deep_no_norm) are another recipe, not a seed of these.
+    "model.init": "kaiming",
     "model.residual": True,
     "model.init_scale": 1.0,
     "data.augment": True,
@@ -104,8 +106,12 @@ def select(
     fixed: Mapping[str, Any],
     norms: Sequence[str] | None = None,
     extra: pd.Series | None = None,
+    vary: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, Setting | None, list[str]]:
     """The finished runs matching `fixed` (and `norms`, `extra`), in one setting.
+
+    `vary`: setting keys the claim compares across (model.init for the no-norm
+    inits), so runs that differ there still belong to one setting.
 
     Returns the runs, their setting (None when nothing matched) and notes for the
     report: matching runs left out because they failed, are unfinished, or belong
@@ -131,7 +137,7 @@ def select(
             f"counted {twins} run(s) once: they differ from another run only in probe.* "
             "settings, so they trained identically"
         )
-    chosen, setting = pick_setting(chosen)
+    chosen, setting = pick_setting(chosen, vary)
     notes += [f"left out {text}" for text in setting.ignored]
     return chosen, setting, notes
 
@@ -145,9 +151,9 @@ def drop_probe_twins(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return runs[~twin], int(twin.sum())
 
 
-def pick_setting(runs: pd.DataFrame) -> tuple[pd.DataFrame, Setting]:
+def pick_setting(runs: pd.DataFrame, vary: Sequence[str] = ()) -> tuple[pd.DataFrame, Setting]:
     """The runs of the best-covered setting, and that setting described."""
-    keys = [k for k in SETTING_KEYS if k in runs]
+    keys = [k for k in SETTING_KEYS if k in runs and k not in vary]
     groups = list(runs.groupby(keys, dropna=False, sort=False)) if keys else [((), runs)]
 
     def rank(group: tuple[Any, pd.DataFrame]) -> tuple[int, int]:
@@ -198,3 +204,12 @@ def _most_common(col: pd.Series | None) -> Any:
         return None
     counts = col.dropna().value_counts()
     return counts.index[0] if not counts.empty else None
+
+
+def arm_labels(runs: pd.DataFrame) -> pd.Series:
+    """norm.kind, with Ghost BN's virtual batch (ghost_bn/4): each size is its own arm."""
+    vb = runs.get("norm.virtual_batch", pd.Series(np.nan, index=runs.index))
+    ghost = runs["norm.kind"].eq("ghost_bn")
+    label = runs["norm.kind"].astype(str).copy()
+    label[ghost] = [f"ghost_bn/{int(v)}" if pd.notna(v) else "ghost_bn" for v in vb[ghost]]
+    return label

@@ -34,18 +34,35 @@ class FitResult:
     train_seconds: float  # cumulative over all calls
 
 
-def build_optimizer(model: nn.Module, optim: Any, only_bn: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, optim: Any, only_bn: bool = False, init: str = "kaiming"
+) -> torch.optim.Optimizer:
     """SGD over every parameter, or (``train.only_bn``) only the norm layers' gamma/beta.
 
     He et al. apply weight decay to every parameter, BN's gamma/beta included.
     With only_bn (Frankle et al. 2020) the other parameters stay at their
     initial values simply because no optimizer updates them.
+
+    Each param group carries ``lr_scale``: the training loop sets its lr to the
+    schedule's lr times that. It is 1, except with ``init="fixup"`` for the scalar
+    biases and multipliers and the head's bias (every parameter named ``*bias*`` or
+    ``scale``, as Zhang et al.'s reference code selects them): ``optim.fixup_scalar_lr``.
     """
     params = norm_affine_parameters(model) if only_bn else list(model.parameters())
     if not params:
         raise ValueError("train.only_bn=true but the model has no norm affine parameters")
+    groups: list[dict[str, Any]] = [{"params": params, "lr_scale": 1.0}]
+    if init == "fixup" and not only_bn:
+        scalars = [
+            p for n, p in model.named_parameters() if "bias" in n or n.rsplit(".")[-1] == "scale"
+        ]
+        ids = {id(p) for p in scalars}
+        groups = [
+            {"params": [p for p in params if id(p) not in ids], "lr_scale": 1.0},
+            {"params": scalars, "lr_scale": float(optim.fixup_scalar_lr)},
+        ]
     return torch.optim.SGD(
-        params,
+        groups,
         lr=optim.lr,
         momentum=optim.momentum,
         nesterov=optim.nesterov,
@@ -72,7 +89,9 @@ def fit(
     """
     epochs = cfg.train.epochs
     # getattr: configs saved before train.only_bn existed lack the key.
-    optimizer = build_optimizer(model, cfg.optim, getattr(cfg.train, "only_bn", False))
+    optimizer = build_optimizer(
+        model, cfg.optim, getattr(cfg.train, "only_bn", False), cfg.model.init
+    )
     steps_per_epoch = len(train_loader)
     total_steps = epochs * steps_per_epoch
 

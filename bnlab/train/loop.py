@@ -98,7 +98,7 @@ def train_epoch(
     for i, (x, y) in enumerate(loader.epoch(epoch)):
         lr = lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         if before_step is not None:
             before_step(step, x, y, lr)
         with rt.autocast():

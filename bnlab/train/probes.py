@@ -76,6 +76,11 @@ PROBES_FILE = "probes.csv"
 
 ProbeRow = dict[str, Any]
 
+# loss_fn(model output, targets) -> scalar loss. The probes' default is the training
+# loss (bnlab.train.loop): cross-entropy on the float32 logits. Tests pass another
+# (e.g. a quadratic loss on a linear model, whose landscape is known in closed form).
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def probes_enabled(probe_cfg: Any) -> bool:
     return any(
@@ -125,13 +130,22 @@ class _SameNoise:
             torch.cuda.set_rng_state(self.cuda_state)
 
 
+def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 (autocast) up to float32; float32 as is (the same tensor); float64 kept."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _grads(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rt: Runtime,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss and every parameter's gradient on (x, y), as the training step computes them."""
     model.zero_grad(set_to_none=True)
     with rt.autocast():
-        loss = F.cross_entropy(model(x).float(), y)
+        loss = loss_fn(_at_least_f32(model(x)), y)
     loss.backward()
     grads = {
         n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
@@ -142,23 +156,30 @@ def _grads(
 
 
 def _norm(tensors: list[torch.Tensor]) -> float:
-    return float(torch.sqrt(sum((t.float().pow(2).sum() for t in tensors), torch.zeros(()))))
+    total = sum((_at_least_f32(t).pow(2).sum() for t in tensors), torch.zeros(()))
+    return float(torch.sqrt(total))
 
 
 def activation_stats(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rt: Runtime
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rt: Runtime,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> list[tuple[str, str, float]]:
     """(layer, metric, value): each conv/linear output's mean and std, and its weight's grad norm.
 
     The output is taken before the norm layer (the pre-activation), in train mode
-    as the training step sees it, by forward hooks on a copy.
+    as the training step sees it, by forward hooks on a copy. The grad norms are
+    of `loss_fn(model(x), y)` (default: the training loss, cross-entropy).
     """
     probe = copy.deepcopy(model).train()
     stats: dict[str, tuple[float, float]] = {}
 
     def hook(name: str) -> Callable[..., None]:
         def record(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
-            out = out.detach().float()
+            out = _at_least_f32(out.detach())
             stats[name] = (out.mean().item(), out.std().item())
 
         return record
@@ -167,7 +188,7 @@ def activation_stats(
     handles = [m.register_forward_hook(hook(name)) for name, m in layers]
     try:
         with _isolated(rt):
-            _, grads = _grads(probe, x, y, rt)
+            _, grads = _grads(probe, x, y, rt, loss_fn)
     finally:
         for h in handles:
             h.remove()
@@ -201,6 +222,8 @@ def ics(
     lr: float,
     trained: set[str],
     rt: Runtime,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> list[tuple[str, str, float]]:
     """Internal covariate shift after Santurkar et al. (2018, Sec. 3), per weight layer.
 
@@ -210,18 +233,20 @@ def ics(
     forward/backward per layer; here all trained layers are updated at once (one
     extra pass in total), so G'_i also moves with layer i's own and the later
     layers' updates. Reported: ||G - G'||_2 (ics_l2) and cos(G, G') (ics_cos).
+    Gradients are of `loss_fn(model(x), y)` (default: the training loss, cross-entropy).
     """
     probe = copy.deepcopy(model).train()
     with _isolated(rt):
         noise = _SameNoise(rt)
-        _, g = _grads(probe, x, y, rt)
+        _, g = _grads(probe, x, y, rt, loss_fn)
         base = {n: p.detach().clone() for n, p in probe.named_parameters()}
         _step_copy(probe, base, g, trained, lr)
         noise.replay()
-        _, g2 = _grads(probe, x, y, rt)
+        _, g2 = _grads(probe, x, y, rt, loss_fn)
     out = []
     for name, _ in weight_layers(probe):
-        a, b = g[f"{name}.weight"].flatten().float(), g2[f"{name}.weight"].flatten().float()
+        a = _at_least_f32(g[f"{name}.weight"].flatten())
+        b = _at_least_f32(g2[f"{name}.weight"].flatten())
         denom = a.norm() * b.norm()
         cos = float(a @ b / denom) if denom > 0 else float("nan")
         out += [(name, "ics_l2", float((a - b).norm())), (name, "ics_cos", cos)]
@@ -236,6 +261,8 @@ def landscape(
     multiples: list[float],
     trained: set[str],
     rt: Runtime,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> list[tuple[str, str, float]]:
     """The loss along the gradient direction (Santurkar et al. 2018, Sec. 3.1), on this batch.
 
@@ -244,14 +271,15 @@ def landscape(
     loss_min/loss_max/loss_variation (max - min over the etas), grad_change_max
     (gradient predictiveness), and beta_smoothness = max over eta > 0 of
     grad change / ||eta g|| (nan when no eta > 0). Only the trained parameters
-    move; layer is "all".
+    move, and g and the gradient change are over those alone; layer is "all".
+    The loss is `loss_fn(model(x), y)` (default: the training loss, cross-entropy).
     """
     probe = copy.deepcopy(model).train()
     losses, changes, betas = [], [], []
     out: list[tuple[str, str, float]] = []
     with _isolated(rt):
         noise = _SameNoise(rt)
-        _, g = _grads(probe, x, y, rt)
+        _, g = _grads(probe, x, y, rt, loss_fn)
         base = {n: p.detach().clone() for n, p in probe.named_parameters()}
         names = [n for n in base if n in trained]
         g_norm = _norm([g[n] for n in names])
@@ -259,7 +287,7 @@ def landscape(
             eta = m * lr
             _step_copy(probe, base, g, trained, eta)
             noise.replay()
-            loss, g2 = _grads(probe, x, y, rt)
+            loss, g2 = _grads(probe, x, y, rt, loss_fn)
             change = _norm([g[n] - g2[n] for n in names])
             losses.append(loss)
             changes.append(change)
