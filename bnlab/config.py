@@ -93,12 +93,14 @@ class NoisyBatchNormConfig(BatchNormConfig):
     """BN plus Santurkar et al.'s (2018) shifting noise, in training only.
 
     Each step and channel: mu ~ U(-noise_mean, noise_mean), sigma ~ U(1, 1 + noise_scale);
-    each activation: out = x * s + m, s ~ sigma * U(0.5, 1.5), m ~ N(mu, sigma^2).
+    each activation: out = x * s + m, s ~ sigma * (1 + j U(-0.5, 0.5)),
+    m ~ mu + j sigma N(0, 1), j = noise_jitter (see bnlab.models.norms.ActivationNoise).
     """
 
     kind: str = "bn_noisy"
     noise_mean: float = 0.5
     noise_scale: float = 1.0
+    noise_jitter: float = 0.25
 
 
 @dataclass
@@ -108,6 +110,7 @@ class NoisyNoNormConfig(NormConfig):
     kind: str = "none_noisy"
     noise_mean: float = 0.5
     noise_scale: float = 1.0
+    noise_jitter: float = 0.25
 
 
 @dataclass
@@ -371,6 +374,7 @@ def validate(cfg: Any) -> None:
     if "noise_mean" in n:
         _check(n.noise_mean >= 0.0, f"norm.noise_mean={n.noise_mean} must be >= 0")
         _check(n.noise_scale >= 0.0, f"norm.noise_scale={n.noise_scale} must be >= 0")
+        _check(n.noise_jitter >= 0.0, f"norm.noise_jitter={n.noise_jitter} must be >= 0")
     if "virtual_batch" in n:
         _positive("norm.virtual_batch", n.virtual_batch)
         # Equal ghost batches only: a smaller last one would be normalised more noisily.

@@ -104,11 +104,15 @@ def test_noise_only_in_training_and_fresh_each_step() -> None:
 
 def test_noise_distribution_has_shifted_mean_and_scale() -> None:
     torch.manual_seed(0)
-    noise = ActivationNoise(noise_mean=0.0, noise_scale=0.0)  # mu = 0, sigma = 1
     x = torch.ones(64, 4, 16, 16)
-    out = noise.train()(x)  # s ~ U(0.5, 1.5), m ~ N(0, 1): mean 1, var 1/12 + 1
-    assert abs(out.mean().item() - 1.0) < 0.02
-    assert abs(out.var().item() - (1 + 1 / 12)) < 0.03
+    for j in (1.0, 0.25):  # mu = 0, sigma = 1: s ~ 1 + j U(-.5, .5), m ~ j N(0, 1)
+        out = ActivationNoise(noise_mean=0.0, noise_scale=0.0, noise_jitter=j).train()(x)
+        assert abs(out.mean().item() - 1.0) < 0.02
+        assert out.var().item() == pytest.approx(j * j * (1 + 1 / 12), rel=0.03)
+    # jitter 0: only the per-step, per-channel shift and scale (one value per channel).
+    flat = ActivationNoise(noise_mean=0.5, noise_scale=1.0, noise_jitter=0.0).train()(x)
+    assert torch.equal(flat.amax(dim=(0, 2, 3)), flat.amin(dim=(0, 2, 3)))
+    assert flat[0, :, 0, 0].unique().numel() == 4
     shifted = ActivationNoise(noise_mean=0.5, noise_scale=1.0).train()(x)
     per_channel = shifted.mean(dim=(0, 2, 3))
     assert per_channel.std() > 0.05  # each channel gets its own mean shift this step

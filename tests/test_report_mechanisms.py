@@ -173,7 +173,8 @@ def test_landscape_compares_only_steps_probed_in_both_runs(runs):
 
 def alt_store(runs: Path, accs: dict[str, tuple[float, float]]) -> Path:
     for norm, (small, big) in accs.items():
-        extra = {"norm.virtual_batch": 4} if norm == "ghost_bn" else {}
+        extra = {"ghost_bn": {"norm.virtual_batch": 4}, "batch_renorm": {"norm.warmup_steps": 100}}
+        extra = extra.get(norm, {})
         for batch, acc in ((8, small), (128, big)):
             cfg = {"data.batch_size": batch, "optim.lr": 0.1 * batch / 128, **extra}
             make_run(runs, norm=norm, final=acc, config=cfg)
@@ -189,6 +190,15 @@ def test_alternatives_supported_when_each_holds_up_better_than_bn(runs):
     # Ghost BN with 4-sample statistics at batch 128: 12 pp below BN, not in the verdict.
     assert r.numbers["ghost_bn/4_minus_bn_at_batch_128_pp"] == pytest.approx(-12.0, abs=0.01)
     assert "ghost_bn/4" in set(r.evidence["arm"])
+    # A renorm warm-up other than the paper's is its own arm, and still an alternative.
+    assert r.numbers["batch_renorm/w100_change_minus_bn_outcome"] == "greater"
+
+
+def test_the_norms_table_keeps_the_noise_injections_out(runs):
+    alt_store(runs, {"bn": (0.55, 0.72), "gn": (0.64, 0.66), "ghost_bn": (0.50, 0.60)})
+    make_run(runs, norm="bn_noisy", final=0.7, config={"optim.lr": 0.1})
+    (norms,) = build_report(runs, runs.parent / "report", experiment="norms").claims
+    assert set(norms.evidence["norm"]) == {"bn", "gn", "ghost_bn/4"}
 
 
 def test_alternatives_not_supported_when_bn_holds_up_best(runs):

@@ -65,18 +65,27 @@ class ActivationNoise(nn.Module):
 
     and then, i.i.d. for every activation x (sample n, channel c, pixel h, w):
 
-        out = x * s + m,   s ~ sigma[t, c] * U(0.5, 1.5),   m ~ N(mu[t, c], sigma[t, c]^2)
+        out = x * s + m,   s ~ sigma[t, c] * (1 + j * U(-0.5, 0.5)),
+                           m ~ mu[t, c] + j * sigma[t, c] * N(0, 1),   j = noise_jitter
 
-    so the multiplier has mean sigma (> 1, never sign-flipping) and the shift
-    non-zero mean: the "covariate shift" the paper injects after BN. Defaults
-    noise_mean=0.5, noise_scale=1.0 (sigma up to 2) are our choice; the paper
-    gives no numbers for its distributions.
+    so each activation's noise has a non-zero mean and a non-unit variance that
+    change every step: the "covariate shift" the paper injects after BN. The
+    paper gives no magnitudes; these are our choice. noise_jitter sizes the
+    per-activation part against the per-step shift: at 1 the additive noise is as
+    large as BN's unit-variance output (std sigma >= 1); the default 0.25 keeps a
+    signal-to-noise ratio of 2-4 per layer. noise_jitter=0 leaves only the
+    per-step, per-channel shift and scale. Measured at CPU scale (5k images): the
+    *residual* ResNet-20 with bn_noisy does not train at 1 or at 0.25 (training
+    accuracy ~12%, lr 0.01 and 0.1) -- the shifts add up along the unnormalised
+    skip stream -- while the plain twin does (24% training accuracy after 2
+    epochs): experiment=ics uses plain nets, as Santurkar et al. used VGG.
     """
 
-    def __init__(self, noise_mean: float, noise_scale: float) -> None:
+    def __init__(self, noise_mean: float, noise_scale: float, noise_jitter: float = 0.25) -> None:
         super().__init__()
         self.noise_mean = noise_mean
         self.noise_scale = noise_scale
+        self.noise_jitter = noise_jitter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -84,20 +93,33 @@ class ActivationNoise(nn.Module):
         shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
         mu = x.new_empty(shape).uniform_(-self.noise_mean, self.noise_mean)
         sigma = x.new_empty(shape).uniform_(1.0, 1.0 + self.noise_scale)
-        s = sigma * torch.empty_like(x).uniform_(0.5, 1.5)
-        m = mu + sigma * torch.randn_like(x)
+        if self.noise_jitter == 0:
+            return x * sigma + mu
+        j = self.noise_jitter
+        s = sigma * (1 + j * torch.empty_like(x).uniform_(-0.5, 0.5))
+        m = mu + j * sigma * torch.randn_like(x)
         return x * s + m
 
     def extra_repr(self) -> str:
-        return f"noise_mean={self.noise_mean}, noise_scale={self.noise_scale}"
+        return (
+            f"noise_mean={self.noise_mean}, noise_scale={self.noise_scale}, "
+            f"noise_jitter={self.noise_jitter}"
+        )
 
 
 class NoisyBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d, then ``ActivationNoise`` in training mode (plain BN in eval mode)."""
 
-    def __init__(self, channels: int, noise_mean: float, noise_scale: float, **bn: object) -> None:
+    def __init__(
+        self,
+        channels: int,
+        noise_mean: float,
+        noise_scale: float,
+        noise_jitter: float = 0.25,
+        **bn: object,
+    ) -> None:
         super().__init__(channels, **bn)  # type: ignore[arg-type]
-        self.noise = ActivationNoise(noise_mean, noise_scale)
+        self.noise = ActivationNoise(noise_mean, noise_scale, noise_jitter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.noise(super().forward(x))
@@ -240,11 +262,13 @@ def _batch_norm(cfg: NormConfig, channels: int) -> nn.Module:
 
 
 def _noisy_batch_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    return NoisyBatchNorm2d(channels, cfg.noise_mean, cfg.noise_scale, **_bn_kwargs(cfg))
+    return NoisyBatchNorm2d(
+        channels, cfg.noise_mean, cfg.noise_scale, cfg.noise_jitter, **_bn_kwargs(cfg)
+    )
 
 
 def _noise_only(cfg: NormConfig, channels: int) -> nn.Module:
-    return ActivationNoise(cfg.noise_mean, cfg.noise_scale)
+    return ActivationNoise(cfg.noise_mean, cfg.noise_scale, cfg.noise_jitter)
 
 
 def _ghost_batch_norm(cfg: NormConfig, channels: int) -> nn.Module:

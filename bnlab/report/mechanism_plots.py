@@ -1,6 +1,6 @@
 """Figures of the mechanism sections (bnlab.report.mechanisms), drawn like the papers'.
 
-- ics_mechanism: test accuracy over epochs, distribution shift per layer, and
+- ics_mechanism: training accuracy over epochs, distribution shift per layer, and
   Santurkar's gradient ICS over steps (their Figs. 2 and 7, in numbers).
 - landscape_bands: per lr, the band of losses along the gradient, the band of
   gradient changes (predictiveness) and beta-smoothness over training steps
@@ -45,10 +45,14 @@ def ics_mechanism(result: ClaimResult) -> Figure:
         lr = float(pts["optim.lr"].min())
     curves = _at_lr(result.data["curves"], lr)
     for norm in norms_in(curves):
-        _band(acc_ax, curves[curves["norm.kind"].eq(norm)], "test_acc", norm, norm_label(norm), 100)
+        _band(
+            acc_ax, curves[curves["norm.kind"].eq(norm)], "train_acc", norm, norm_label(norm), 100
+        )
     _chance(acc_ax)
     acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    acc_ax.set_ylabel(
+        "training accuracy (%), mean ± std over seeds\n(train mode: noisy nets with noise)"
+    )
     acc_ax.xaxis.set_major_locator(FixedLocator(sorted(set(curves["epoch"]))))
     _legend(acc_ax, loc="best")
 

@@ -46,7 +46,8 @@ ICS_SAME_MARGIN = 0.05  # noisy BN trains "about as well" as BN: at most 5 pp be
 SMOOTHER_RATIO = 1.1  # a landscape quantity is lower when the other is >= 1.1x it
 LEARNS = CHANCE_ACC + LR_LEARNS_ABOVE_CHANCE  # "trains": clearly above chance (20%)
 NOISY_NORMS = ("bn", "bn_noisy", "none", "none_noisy")
-ALTERNATIVES = ("gn", "ln", "batch_renorm")  # batch-independent, or BN corrected for it
+# Batch-independent, or BN corrected for small batches (every renorm warm-up an arm).
+ALTERNATIVES = ("gn", "ln", "batch_renorm")
 DEEP_ARMS = ("bn", "none", "fixup", "skipinit")
 LANDSCAPE = {  # probes.csv metric -> what the report calls it
     "loss_variation": "loss variation",
@@ -110,16 +111,20 @@ def _result(fn: Section, key: str, verdict: str, noise: bool = False, **kw: Any)
 def ics_section(runs: pd.DataFrame, epochs: pd.DataFrame, probes: pd.DataFrame) -> ClaimResult:
     """ICS is not why BN helps.
 
-    Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, with the ics and
-    activations probes on; norm bn, bn_noisy (BN followed by noise whose mean and scale
-    change every step), none and none_noisy; any lr. Accuracy: final test accuracy, a
-    diverged run counting as chance ({chance}), mean over seeds. Distribution shift of
-    a run: for every conv/linear layer, between consecutive activation-probe points
-    (init and each epoch end, one fixed batch, train mode), |change of the output's
-    mean| + |change of its std|, in units of its std averaged over the two points;
-    then averaged over layers and points. Decided at the lr where BN is most accurate
-    among those tried with bn, bn_noisy and none_noisy. SUPPORTED if noisy BN's
-    distributions shift more than BN's, noisy BN is at most {same} below BN's accuracy
+    Runs: plain ResNet-20 (no skip connections, as Santurkar et al. used VGG; in a
+    residual net the noise's shifts add up along the unnormalised skip stream), init
+    scale 1, augmentation, batch 128, with the ics and activations probes on; norm bn,
+    bn_noisy (BN followed by noise whose mean and scale change every step), none and
+    none_noisy; any lr. Accuracy: the final epoch's training accuracy, measured in
+    training mode (the noisy nets with their noise on: how well they *train*), a
+    diverged run counting as chance ({chance}), mean over seeds; test accuracy is shown
+    beside (the noisy nets are evaluated without their noise, which they never saw).
+    Distribution shift of a run: for every conv/linear layer, between consecutive
+    activation-probe points (init and each epoch end, one fixed batch, train mode),
+    |change of the output's mean| + |change of its std|, in units of its std averaged
+    over the two points; then averaged over layers and points. Decided at the lr where
+    BN trains best among those tried with bn, bn_noisy and none_noisy. SUPPORTED if
+    noisy BN's distributions shift more than BN's, noisy BN is at most {same} below BN
     and it beats noisy none by more than the margin; NOT SUPPORTED if its distributions
     shift more but it falls more than {same} below BN or does not beat noisy none;
     INCONCLUSIVE if the noise did not make them shift more than BN's (the experiment
@@ -127,19 +132,22 @@ def ics_section(runs: pd.DataFrame, epochs: pd.DataFrame, probes: pd.DataFrame) 
     cos between a layer's gradient before and after one SGD step of all layers,
     averaged over layers and probed steps (0 = no shift).
     """
-    fixed = {**MODEL, "data.augment": True, "data.batch_size": 128}
+    fixed = {**MODEL, "model.residual": False, "data.augment": True, "data.batch_size": 128}
     extra = _flag(runs, "probe.ics") & _flag(runs, "probe.activations")
     sel, setting, notes = select(runs, fixed, NOISY_NORMS, extra)
     if sel.empty:
         return _result(ics_section, "ics", NO_DATA, notes=notes)
     mine = probes[probes["run_id"].isin(sel["run_id"])]
-    per_run = _with_acc(sel).assign(
+    diverged = sel["status"].eq("diverged")
+    per_run = sel.assign(
+        acc=sel["train_acc"].where(~diverged, CHANCE_ACC),
+        test=sel["test_acc"].where(~diverged, CHANCE_ACC),
         shift=sel["run_id"].map(_shift_by_run(mine)),
         ics=sel["run_id"].map(_ics_by_run(mine)),
     )
     keys = ["norm.kind", "optim.lr"]
     pts = aggregate(per_run, keys, "acc")
-    for column in ("shift", "ics"):
+    for column in ("test", "shift", "ics"):
         pts[column] = _mean_by(per_run, keys, column, pts)
     numbers: dict[str, Any] = {}
     need = ("bn", "bn_noisy", "none_noisy")
@@ -156,9 +164,9 @@ def ics_section(runs: pd.DataFrame, epochs: pd.DataFrame, probes: pd.DataFrame) 
         vs_none = compare(noisy["mean"] - noisy_none["mean"], [noisy["std"], noisy_none["std"]])
         numbers = {
             "lr": lr,
-            "bn_acc_pct": _pct(bn["mean"]),
-            "bn_noisy_acc_pct": _pct(noisy["mean"]),
-            "none_noisy_acc_pct": _pct(noisy_none["mean"]),
+            "bn_train_acc_pct": _pct(bn["mean"]),
+            "bn_noisy_train_acc_pct": _pct(noisy["mean"]),
+            "none_noisy_train_acc_pct": _pct(noisy_none["mean"]),
             "bn_noisy_minus_bn_pp": _pct(vs_bn),
             **_comparison("bn_noisy_vs_none_noisy", vs_none),
             "bn_shift": _round3(bn["shift"]),
@@ -179,7 +187,8 @@ def ics_section(runs: pd.DataFrame, epochs: pd.DataFrame, probes: pd.DataFrame) 
         {
             "norm": pts["norm.kind"],
             "lr": pts["optim.lr"].map(lambda v: f"{v:g}"),
-            "test acc %": [_acc_cell(p) for _, p in pts.iterrows()],
+            "train acc %": [_acc_cell(p) for _, p in pts.iterrows()],
+            "test acc % (no noise)": pts["test"].map(lambda v: f"{100 * v:.1f}"),
             "distribution shift": pts["shift"].map(_fmt3),
             "ICS (1 - cos)": pts["ics"].map(_fmt3),
         }
@@ -298,11 +307,12 @@ def alternatives_section(
     """Alternatives at small batch.
 
     Runs: ResNet-20, residual, init scale 1, augmentation, linearly scaled lr (0.1 x
-    batch/128), any batch size; norm bn, gn, ln, batch_renorm, and ghost_bn (each
-    virtual batch its own arm). Final test accuracy, a diverged run counting as chance
-    ({chance}), mean over seeds. Each alternative (gn, ln, batch_renorm) is compared
-    with BN between the smallest and the largest batch size both were tried at: its
-    change is its accuracy at the small batch minus at the large one. SUPPORTED if the
+    batch/128), any batch size; norm bn, gn, ln, batch_renorm (each warm-up its own
+    arm), and ghost_bn (each virtual batch its own arm). Final test accuracy, a
+    diverged run counting as chance ({chance}), mean over seeds. Each alternative
+    (gn, ln, batch_renorm) is compared with BN between the smallest and the largest
+    batch size both were tried at: its change is its accuracy at the small batch minus
+    at the large one. SUPPORTED if the
     change of every alternative present is larger than BN's by more than the margin
     (from the four means involved): it holds up better; NOT SUPPORTED if none of them
     does; INCONCLUSIVE otherwise or without BN and an alternative at 2 shared sizes.
@@ -321,7 +331,8 @@ def alternatives_section(
     numbers: dict[str, Any] = {}
     change: dict[str, tuple[float, list[float]]] = {}
     outcomes = []
-    for arm in ALTERNATIVES:
+    arms = sorted(set(pts["arm"]))
+    for arm in [a for a in arms if a.split("/")[0] in ALTERNATIVES]:
         shared = sorted(_values(pts, "bn", key) & _values(pts, arm, key))
         if len(shared) < 2:
             continue

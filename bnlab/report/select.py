@@ -53,6 +53,7 @@ SETTING_KEYS = (
 # larger scale.
 PRESET_RANK = {"full": 3, "cpu": 2, "smoke": 1}
 LINEAR_LR_BASE, LINEAR_LR_BATCH = 0.1, 128  # conf's ${linear_lr:0.1,128,batch}
+RENORM_WARMUP = 5000  # conf/norm/batch_renorm.yaml: Ioffe's warm-up, the unlabelled arm
 # Config sections that decide how a run trains. probe.* only adds measurements after
 # training, so runs that differ only there (the inference sweep's lr=0.1 batch-128
 # runs and the lr sweep's) trained identically and count once at a grid point.
@@ -207,9 +208,18 @@ def _most_common(col: pd.Series | None) -> Any:
 
 
 def arm_labels(runs: pd.DataFrame) -> pd.Series:
-    """norm.kind, with Ghost BN's virtual batch (ghost_bn/4): each size is its own arm."""
-    vb = runs.get("norm.virtual_batch", pd.Series(np.nan, index=runs.index))
-    ghost = runs["norm.kind"].eq("ghost_bn")
+    """norm.kind, with the settings that make a norm another arm: Ghost BN's virtual
+    batch (ghost_bn/4) and a Batch Renorm warm-up other than the paper's 5,000 steps
+    (batch_renorm/w100), so runs of different settings are never averaged as seeds."""
     label = runs["norm.kind"].astype(str).copy()
-    label[ghost] = [f"ghost_bn/{int(v)}" if pd.notna(v) else "ghost_bn" for v in vb[ghost]]
+    nan = pd.Series(np.nan, index=runs.index)
+    ghost = label.eq("ghost_bn")
+    vb = runs.get("norm.virtual_batch", nan)[ghost]
+    label[ghost] = [f"ghost_bn/{int(v)}" if pd.notna(v) else "ghost_bn" for v in vb]
+    renorm = label.eq("batch_renorm")
+    warmup = runs.get("norm.warmup_steps", nan)[renorm]
+    label[renorm] = [
+        f"batch_renorm/w{int(w)}" if pd.notna(w) and int(w) != RENORM_WARMUP else "batch_renorm"
+        for w in warmup
+    ]
     return label
