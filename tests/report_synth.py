@@ -232,6 +232,8 @@ def make_realistic_store(runs: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path
 # ----------------------------------------------------------------------------- mechanism runs
 
 PROBED = {"probe.ics": True, "probe.activations": True, "probe.landscape": True}
+# experiment=ics: plain nets, the ics and activations probes.
+ICS_PROBED = {"probe.ics": True, "probe.activations": True, "model.residual": False}
 LAYERS = ("conv1", "layer1.0.conv1", "layer2.0.conv1", "fc")
 # norm -> (final acc at lr 0.1, activation shift per probe interval, ICS 1 - cos)
 ICS_RUNS = {
@@ -304,13 +306,17 @@ def make_mechanism_store(
         for norm, (acc, shift, ics) in ICS_RUNS.items():
             for lr, scale in ((0.1, 1.0), (0.01, 0.9)):
                 noise = float(rng.normal(0, 0.004))
-                cfg = {**PROBED, "optim.lr": lr, "train.seed": seed}
+                cfg = {**ICS_PROBED, "optim.lr": lr, "train.seed": seed}
                 run = make_run(runs, norm=norm, final=acc * scale + noise, config=cfg,
                                experiment="ics")  # fmt: skip
-                rows = activation_rows(shift) + ics_rows(ics)
-                if norm in LANDSCAPE_RUNS:
-                    rows += landscape_rows(*LANDSCAPE_RUNS[norm])
-                write_probe_rows(run, rows)
+                write_probe_rows(run, activation_rows(shift) + ics_rows(ics))
+        for norm, values in LANDSCAPE_RUNS.items():
+            for lr in (0.1, 0.01):
+                noise = float(rng.normal(0, 0.004))
+                cfg = {**PROBED, "optim.lr": lr, "train.seed": seed}
+                final = ICS_RUNS[norm][0] + noise
+                run = make_run(runs, norm=norm, final=final, config=cfg, experiment="landscape")
+                write_probe_rows(run, landscape_rows(*values) + activation_rows(0.1))
         for (norm, vb), accs in ALTERNATIVE_ACC.items():
             for batch, acc in accs.items():
                 cfg = {"data.batch_size": batch, "optim.lr": 0.1 * batch / 128, "train.seed": seed}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bnlab.errors import BnlabError
-from bnlab.report import SECTIONS, build_report, plots
+from bnlab.report import SECTIONS, build_report, sections
 from bnlab.report.claims import (
     LR_TRAINS_MARGIN,
     batch_claim,
@@ -473,7 +473,7 @@ def test_a_failure_while_building_leaves_the_previous_report(runs, tmp_path, mon
     def broken(result):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setitem(plots.FIGURES, "lr_accuracy", broken)
+    monkeypatch.setitem(sections.FIGURES, "lr_accuracy", broken)
     with pytest.raises(RuntimeError, match="plotting failed"):
         build_report(runs, out, experiment="lr")
     assert (out / "report.md").read_text() == before

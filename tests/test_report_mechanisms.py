@@ -18,6 +18,7 @@ from bnlab.report.mechanisms import (
     landscape_section,
 )
 from tests.report_synth import (
+    ICS_PROBED,
     PROBED,
     activation_rows,
     ics_rows,
@@ -80,7 +81,7 @@ def test_a_corrupt_probes_csv_loses_only_the_probes(runs):
 
 def ics_store(runs: Path, accs: dict[str, float], shifts: dict[str, float]) -> Path:
     for norm, acc in accs.items():
-        run = make_run(runs, norm=norm, final=acc, config={**PROBED, "optim.lr": 0.1})
+        run = make_run(runs, norm=norm, final=acc, config={**ICS_PROBED, "optim.lr": 0.1})
         write_probe_rows(run, activation_rows(shifts[norm]) + ics_rows(0.3))
     return runs
 
@@ -118,10 +119,26 @@ def test_ics_decides_at_the_lr_where_bn_is_best(runs):
     assert r.numbers["lr"] == 0.1 and r.verdict == "SUPPORTED"
 
 
-def test_ics_ignores_runs_without_the_probes(runs):
+def test_ics_ignores_runs_without_the_probes_or_with_skips(runs, tmp_path):
     for norm in ("bn", "bn_noisy", "none_noisy"):
-        make_run(runs, norm=norm, final=0.6)  # no probe.ics: not this experiment's runs
+        make_run(runs, norm=norm, final=0.6, config={"model.residual": False})  # no probes
     assert ics_section(*tables(runs)).verdict == "NO DATA"
+    residual = tmp_path / "residual"  # probed, but residual nets: not the ICS study's
+    for norm in ("bn", "bn_noisy", "none_noisy"):
+        make_run(residual, norm=norm, final=0.6, config={**PROBED, "optim.lr": 0.1})
+    assert ics_section(*tables(residual)).verdict == "NO DATA"
+
+
+def test_ics_decides_on_training_accuracy(runs):
+    # Noisy BN's test accuracy (evaluated without its noise) collapses; it trains fine.
+    for norm, train, test in (("bn", 0.60, 0.62), ("bn_noisy", 0.58, 0.10),
+                              ("none_noisy", 0.20, 0.15)):  # fmt: skip
+        run = make_run(runs, norm=norm, final=test, train_acc=train,
+                       config={**ICS_PROBED, "optim.lr": 0.1})  # fmt: skip
+        write_probe_rows(run, activation_rows(SHIFTS[norm]) + ics_rows(0.3))
+    r = ics_section(*tables(runs))
+    assert r.verdict == "SUPPORTED"
+    assert r.numbers["bn_noisy_minus_bn_pp"] == pytest.approx(-2.0, abs=0.01)
 
 
 # ----------------------------------------------------------------------------- landscape
@@ -204,6 +221,15 @@ def test_the_norms_table_keeps_the_noise_injections_out(runs):
 def test_alternatives_not_supported_when_bn_holds_up_best(runs):
     alt_store(runs, {"bn": (0.70, 0.72), "gn": (0.55, 0.66), "ln": (0.50, 0.63)})
     assert alternatives_section(*tables(runs)).verdict == "NOT SUPPORTED"
+
+
+def test_alternatives_inconclusive_when_bn_does_not_degrade(runs):
+    # Every norm gains at batch 8 (as at CPU scale): GN's larger gain is no "holding up".
+    alt_store(runs, {"bn": (0.53, 0.48), "gn": (0.41, 0.34), "ln": (0.37, 0.29)})
+    r = alternatives_section(*tables(runs))
+    assert r.verdict == "INCONCLUSIVE"
+    assert r.numbers["gn_change_minus_bn_outcome"] == "greater"
+    assert any("does not lose accuracy" in n for n in r.notes)
 
 
 def test_alternatives_inconclusive_when_mixed_or_alone(runs, tmp_path):

@@ -110,11 +110,15 @@ def test_killed_sweep_completes_on_rerun_without_duplicates(runs, sig):
     )
     deadline = time.time() + 240
     # Kill while the second run is in flight: the first is done, the third not started.
-    while time.time() < deadline:
+    seen: list[tuple[int, int]] = []
+    while time.time() < deadline and proc.poll() is None:
         done = [d for d in run_dirs(runs) if (d / "summary.json").exists()] if runs.exists() else []
-        if len(done) == 1 and len(run_dirs(runs)) == 2:
+        state = (len(done), len(run_dirs(runs)) if runs.exists() else 0)
+        seen += [state] if not seen or seen[-1] != state else []
+        if state == (1, 2):
             break
         time.sleep(0.05)
+    assert seen and seen[-1] == (1, 2), f"never saw run 2 in flight: (done, dirs) went {seen}"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
@@ -203,5 +207,5 @@ def test_the_committed_cpu_grid_is_found_complete_by_a_rerun():
     runs = REPO / "results" / "cpu" / "runs"
     proc = run_bnlab("sweep", "experiment=all", "preset=cpu", "--dry-run", f"paths.runs={runs}")
     assert proc.returncode == 0, proc.stderr
-    assert "61 runs (" in proc.stdout
+    assert "81 runs (" in proc.stdout
     assert " new" not in proc.stdout and "partial" not in proc.stdout

@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from bnlab.errors import BnlabError
-from bnlab.store import METRIC_COLUMNS, PROBE_COLUMNS, PROBES_FILE
+from bnlab.store import IDENTITY_NEUTRAL, METRIC_COLUMNS, PROBE_COLUMNS, PROBES_FILE
 
 # A metrics.csv without these cannot be a bnlab one; the timing columns are optional.
 REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -33,10 +33,9 @@ BACKFILL: dict[str, Any] = {
     "data.augment": True,
     "experiment_name": None,
     "model.init": "kaiming",
-    "probe.bn_stats": False,
-    "probe.activations": False,
-    "probe.ics": False,
-    "probe.landscape": False,
+    # Keys the run identity leaves out at their neutral value (only_bn, the probe
+    # switches, ...): a run stored before they existed trained with that value.
+    **{k: v for k, v in IDENTITY_NEUTRAL.items() if not isinstance(v, list)},
 }
 # Training images per epoch when a summary predates its `train_images` field and
 # data.train_size is null (the whole training set).

@@ -29,6 +29,7 @@ from bnlab.report.plots import (
     _finish,
     _legend,
     _top,
+    depth_axis,
     norm_colour,
     norm_label,
     norms_in,
@@ -129,10 +130,7 @@ def deep_no_norm_accuracy(result: ClaimResult) -> Figure:
     for norm in norms_in(pts):
         sub = pts[pts["norm.kind"].eq(norm)].sort_values("model.depth")
         _errorbar(ax, sub["model.depth"], sub["mean"], sub["std"], norm, norm_label(norm))
-    depths = sorted(set(pts["model.depth"]))
-    ax.xaxis.set_major_locator(FixedLocator(depths))
-    ax.set_xlim(min(depths) - 8, max(depths) + 8)
-    _chance(ax)
+    depth_axis(ax, pts["model.depth"])
     ax.set_xlabel("depth (layers), residual")
     ax.set_ylabel("final test accuracy (%), mean ± std\n(diverged run = chance)")
     ax.set_ylim(0, _top(pts["mean"] + pts["std"].fillna(0)))
@@ -175,5 +173,6 @@ def _range_band(ax: Axes, rows: pd.DataFrame, prefix: str, norm: str) -> None:
     colour = norm_colour(norm)
     ax.fill_between(band.index, band["min"], band["max"], color=colour, alpha=0.35, lw=0,
                     label=norm_label(norm))  # fmt: skip
-    ax.plot(band.index, band["min"], color=colour, lw=0.8)
-    ax.plot(band.index, band["max"], color=colour, lw=0.8)
+    # Markers too: a run probed at one step only (it diverged) has no area to shade.
+    ax.plot(band.index, band["min"], color=colour, lw=0.8, marker="o", ms=3)
+    ax.plot(band.index, band["max"], color=colour, lw=0.8, marker="^", ms=3)

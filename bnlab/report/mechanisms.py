@@ -38,7 +38,7 @@ from bnlab.report.claims import (
     rule_text,
 )
 from bnlab.report.select import STANDARD, arm_labels, linear_lr, select
-from bnlab.report.stats import GREATER, aggregate, compare
+from bnlab.report.stats import GREATER, LESS, aggregate, compare
 
 # ----------------------------------------------------------------------------- constants
 
@@ -312,10 +312,12 @@ def alternatives_section(
     diverged run counting as chance ({chance}), mean over seeds. Each alternative
     (gn, ln, batch_renorm) is compared with BN between the smallest and the largest
     batch size both were tried at: its change is its accuracy at the small batch minus
-    at the large one. SUPPORTED if the
-    change of every alternative present is larger than BN's by more than the margin
-    (from the four means involved): it holds up better; NOT SUPPORTED if none of them
-    does; INCONCLUSIVE otherwise or without BN and an alternative at 2 shared sizes.
+    at the large one. First, BN must really degrade: its own change below minus the
+    margin at every pair of sizes compared, else INCONCLUSIVE (there is no loss for
+    the alternatives to hold up against). Then SUPPORTED if the change of every
+    alternative present is larger than BN's by more than the margin (from the four
+    means involved): it holds up better; NOT SUPPORTED if none of them does;
+    INCONCLUSIVE otherwise or without BN and an alternative at 2 shared sizes.
     Shown beside (no part of the verdict): Ghost BN, whose statistics come from
     a few samples whatever the batch, against BN at the largest batch -- the cost of
     small-batch statistics alone, at the same number of steps.
@@ -330,7 +332,7 @@ def alternatives_section(
     pts = aggregate(per_run, ["arm", key], "acc")
     numbers: dict[str, Any] = {}
     change: dict[str, tuple[float, list[float]]] = {}
-    outcomes = []
+    outcomes, bn_degrades = [], []
     arms = sorted(set(pts["arm"]))
     for arm in [a for a in arms if a.split("/")[0] in ALTERNATIVES]:
         shared = sorted(_values(pts, "bn", key) & _values(pts, arm, key))
@@ -342,6 +344,7 @@ def alternatives_section(
             change[who] = (lo["mean"] - hi["mean"], [lo["std"], hi["std"]])
         comp = compare(change[arm][0] - change["bn"][0], change[arm][1] + change["bn"][1])
         outcomes.append(comp.outcome)
+        bn_degrades.append(compare(*change["bn"]).outcome == LESS)
         numbers |= {
             f"{arm}_batches": [int(small), int(big)],
             f"{arm}_change_pp": _pct(change[arm][0]),
@@ -351,6 +354,11 @@ def alternatives_section(
     verdict = INCONCLUSIVE
     if not outcomes:
         notes.append(f"needs bn and one of {', '.join(ALTERNATIVES)} at 2 shared batch sizes")
+    elif not all(bn_degrades):
+        notes.append(
+            "BN does not lose accuracy at the small batch here, so no alternative can hold "
+            "up better; the changes compared are gains"
+        )
     elif all(o == GREATER for o in outcomes):
         verdict = SUPPORTED
     elif not any(o == GREATER for o in outcomes):

@@ -53,6 +53,8 @@ def norm_colour(norm: str) -> str:
 def norm_label(norm: str) -> str:
     if norm.startswith("ghost_bn/"):  # an arm label: Ghost BN with its virtual batch
         return f"Ghost BN ({norm.split('/')[1]} samples)"
+    if norm.startswith("batch_renorm/w"):  # ... or Batch Renorm with its warm-up
+        return f"Batch Renorm ({norm.split('/w')[1]}-step warm-up)"
     return NORM_STYLE.get(norm, (None, norm))[1]
 
 
@@ -152,10 +154,7 @@ def depth_accuracy(result: ClaimResult) -> Figure:
             if not sub.empty:
                 label = f"{norm_label(norm)}, {arch}"
                 _errorbar(ax, sub["model.depth"], sub["mean"], sub["std"], norm, label, ls=ls)
-    depths = sorted(set(pts["model.depth"]))
-    ax.xaxis.set_major_locator(FixedLocator(depths))
-    ax.set_xlim(min(depths) - 8, max(depths) + 8)
-    _chance(ax)
+    depth_axis(ax, pts["model.depth"])
     ax.set_xlabel("depth (layers)")
     ax.set_ylabel("final test accuracy (%), mean ± std\n(diverged run = chance)")
     ax.set_ylim(0, _top(pts["mean"] + pts["std"].fillna(0)))
@@ -304,6 +303,14 @@ def _band(
     marker = "o" if len(stats) <= MAX_MARKED_EPOCHS else None  # dots would merge into a bar
     ax.plot(stats["epoch"], mean, color=colour, marker=marker, ms=4, label=label)
     ax.fill_between(stats["epoch"], mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+
+
+def depth_axis(ax: Axes, depths: pd.Series) -> None:
+    """Ticks at the depths tried, some room either side, and the chance line."""
+    ticks = sorted(set(depths))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xlim(min(ticks) - 8, max(ticks) + 8)
+    _chance(ax)
 
 
 def _accuracy_vs(result: ClaimResult, key: str, xlabel: str, base: int) -> Figure:
