@@ -105,9 +105,12 @@ def test_killed_sweep_completes_on_rerun_without_duplicates(runs, sig):
         "sweep", "norm=bn,gn,ln", "preset=smoke", "train.epochs=3", "data.train_size=768",
         f"paths.runs={runs}",
     ]  # fmt: skip
+    # A shell starts background jobs (`make test &`) with SIGINT ignored, and the child
+    # would inherit that: start it with the default disposition, as a terminal's Ctrl-C sees.
     proc = subprocess.Popen(
-        [*BNLAB, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [*BNLAB, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.time() + 240
     # Kill while the second run is in flight: the first is done, the third not started.
     seen: list[tuple[int, int]] = []
