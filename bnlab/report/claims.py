@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -102,6 +102,7 @@ class ClaimResult:
 
 
 Claim = Callable[[pd.DataFrame, pd.DataFrame], ClaimResult]
+Fn = TypeVar("Fn", bound=Callable[..., ClaimResult])
 
 TEXT = {
     "lr": ("Learning rate", "BN allows higher learning rates."),
@@ -125,22 +126,42 @@ TEXT = {
 }
 
 
-def _rule(fn: Claim) -> Claim:
-    """Fill the constants into the docstring, which the report shows as the rule."""
-    fn.__doc__ = (fn.__doc__ or "").format(**RULE_VALUES)
-    return fn
+def rule_filler(values: dict[str, str]) -> Callable[[Fn], Fn]:
+    """A decorator filling `values` into the docstring, which the report shows as the rule."""
+
+    def fill(fn: Fn) -> Fn:
+        fn.__doc__ = (fn.__doc__ or "").format(**values)
+        return fn
+
+    return fill
 
 
-def rule_text(fn: Claim) -> str:
+_rule = rule_filler(RULE_VALUES)
+
+
+def rule_text(fn: Callable[..., ClaimResult]) -> str:
     """The docstring after its first line, as one paragraph."""
     body = inspect.cleandoc(fn.__doc__ or "").split("\n", 1)
     return " ".join(body[1].split()) if len(body) > 1 else ""
 
 
 def _result(fn: Claim, key: str, verdict: str, **kw: Any) -> ClaimResult:
-    title, claim = TEXT[key]
+    return make_result(fn, key, TEXT[key], verdict, key in ACCURACY_MARGIN_CLAIMS, **kw)
+
+
+def make_result(
+    fn: Callable[..., ClaimResult],
+    key: str,
+    text: tuple[str, str],
+    verdict: str,
+    noise: bool,
+    **kw: Any,
+) -> ClaimResult:
+    """A section's result: its (title, claim) text, its rule from `fn`'s docstring,
+    followed by the shared noise rule when the verdict compares accuracies (`noise`)."""
+    title, claim = text
     rule = rule_text(fn)
-    if key in ACCURACY_MARGIN_CLAIMS:
+    if noise:
         rule = f"{rule} {NOISE}"
     kw.setdefault("numbers", {})
     kw.setdefault("evidence", pd.DataFrame())
@@ -715,17 +736,19 @@ def evaluate_claims(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _with_acc(runs: pd.DataFrame) -> pd.DataFrame:
-    """`acc`: final test accuracy, chance for a diverged run (it learned nothing usable)."""
-    return runs.assign(acc=runs["test_acc"].where(runs["status"].ne("diverged"), CHANCE_ACC))
+def _with_acc(runs: pd.DataFrame, column: str = "test_acc", name: str = "acc") -> pd.DataFrame:
+    """`name`: the final `column` accuracy, chance for a diverged run (it learned nothing
+    usable)."""
+    return runs.assign(**{name: runs[column].where(runs["status"].ne("diverged"), CHANCE_ACC)})
 
 
-def _values(pts: pd.DataFrame, norm: str, key: str) -> set[Any]:
-    return set(pts.loc[pts["norm.kind"].eq(norm), key].dropna())
+def _values(pts: pd.DataFrame, norm: str, key: str, by: str = "norm.kind") -> set[Any]:
+    """The `key` values tried with `norm` (an arm label when `by` is "arm")."""
+    return set(pts.loc[pts[by].eq(norm), key].dropna())
 
 
-def _point(pts: pd.DataFrame, norm: str, value: Any, key: str) -> pd.Series:
-    return pts[pts["norm.kind"].eq(norm) & pts[key].eq(value)].iloc[0]
+def _point(pts: pd.DataFrame, norm: str, value: Any, key: str, by: str = "norm.kind") -> pd.Series:
+    return pts[pts[by].eq(norm) & pts[key].eq(value)].iloc[0]
 
 
 def _epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:
@@ -752,19 +775,27 @@ def _suffix(column: str, value: str, keys: list[str]) -> str:
     return column if column in keys else f"{column}_{value}"
 
 
-def _pivot(pts: pd.DataFrame, key: str, label: str) -> pd.DataFrame:
-    """Norms as rows, `key` values as columns, "mean ± std" cells (n in the header)."""
-    table = pd.DataFrame({"norm": sorted(set(pts["norm.kind"]), key=_norm_rank)})
+def _pivot(
+    pts: pd.DataFrame,
+    key: str,
+    label: str,
+    by: str = "norm.kind",
+    order: Sequence[str] = NORM_ORDER,
+) -> pd.DataFrame:
+    """Norms (or arms: `by`) as rows, in `order` then by name; `key` values as columns;
+    "mean ± std" cells (n in the header)."""
+
+    def rank(name: str) -> tuple[int, str]:
+        return (order.index(name) if name in order else len(order), name)
+
+    rows = sorted(set(pts[by]), key=rank)
+    table = pd.DataFrame({"norm" if by == "norm.kind" else by: rows})
     for value in sorted(set(pts[key])):
-        sub = pts[pts[key].eq(value)].set_index("norm.kind")
+        sub = pts[pts[key].eq(value)].set_index(by)
         table[f"{label} {value:g} acc %"] = [
-            _acc_cell(sub.loc[n]) if n in sub.index else "–" for n in table["norm"]
+            _acc_cell(sub.loc[n]) if n in sub.index else "–" for n in rows
         ]
     return table
-
-
-def _norm_rank(norm: str) -> tuple[int, str]:
-    return (NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER), norm)
 
 
 def _pct(x: float) -> float | None:

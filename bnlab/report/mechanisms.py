@@ -15,7 +15,7 @@ two read final accuracies only.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,15 +27,18 @@ from bnlab.report.claims import (
     LR_LEARNS_ABOVE_CHANCE,
     MODEL,
     NO_DATA,
-    NOISE,
     NOT_SUPPORTED,
     SUPPORTED,
     ClaimResult,
-    _acc_cell,
+    _acc_cells,
     _comparison,
     _pct,
+    _pivot,
+    _point,
+    _values,
     _with_acc,
-    rule_text,
+    make_result,
+    rule_filler,
 )
 from bnlab.report.select import STANDARD, arm_labels, linear_lr, select
 from bnlab.report.stats import GREATER, LESS, aggregate, compare
@@ -89,19 +92,11 @@ TEXT = {
 Section = Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], ClaimResult]
 
 
-def _rule(fn: Section) -> Section:
-    fn.__doc__ = (fn.__doc__ or "").format(**RULE_VALUES)
-    return fn
+_rule = rule_filler(RULE_VALUES)
 
 
 def _result(fn: Section, key: str, verdict: str, noise: bool = False, **kw: Any) -> ClaimResult:
-    title, claim = TEXT[key]
-    rule = rule_text(fn)  # type: ignore[arg-type]
-    kw.setdefault("numbers", {})
-    kw.setdefault("evidence", pd.DataFrame())
-    kw.setdefault("figures", [])
-    rule = f"{rule} {NOISE}" if noise else rule
-    return ClaimResult(key=key, title=title, claim=claim, verdict=verdict, rule=rule, **kw)
+    return make_result(fn, key, TEXT[key], verdict, noise, **kw)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -138,10 +133,7 @@ def ics_section(runs: pd.DataFrame, epochs: pd.DataFrame, probes: pd.DataFrame) 
     if sel.empty:
         return _result(ics_section, "ics", NO_DATA, notes=notes)
     mine = probes[probes["run_id"].isin(sel["run_id"])]
-    diverged = sel["status"].eq("diverged")
-    per_run = sel.assign(
-        acc=sel["train_acc"].where(~diverged, CHANCE_ACC),
-        test=sel["test_acc"].where(~diverged, CHANCE_ACC),
+    per_run = _with_acc(_with_acc(sel, "train_acc"), "test_acc", "test").assign(
         shift=sel["run_id"].map(_shift_by_run(mine)),
         ics=sel["run_id"].map(_ics_by_run(mine)),
     )
@@ -151,14 +143,14 @@ def ics_section(runs: pd.DataFrame, epochs: pd.DataFrame, probes: pd.DataFrame) 
         pts[column] = _mean_by(per_run, keys, column, pts)
     numbers: dict[str, Any] = {}
     need = ("bn", "bn_noisy", "none_noisy")
-    lrs = sorted(set.intersection(*(_lrs(pts, n) for n in need)))
+    lrs = sorted(set.intersection(*(_values(pts, n, "optim.lr") for n in need)))
     verdict = INCONCLUSIVE
     if not lrs:
         notes.append(f"needs {', '.join(need)} at one lr, found {sorted(set(pts['norm.kind']))}")
     else:
-        bn_at = {lr: _at(pts, "bn", lr)["mean"] for lr in lrs}
+        bn_at = {lr: _point(pts, "bn", lr, "optim.lr")["mean"] for lr in lrs}
         lr = max(lrs, key=lambda v: bn_at[v])
-        bn, noisy, noisy_none = (_at(pts, n, lr) for n in need)
+        bn, noisy, noisy_none = (_point(pts, n, lr, "optim.lr") for n in need)
         shift_ratio = noisy["shift"] / bn["shift"] if bn["shift"] > 0 else math.nan
         vs_bn = noisy["mean"] - bn["mean"]
         vs_none = compare(noisy["mean"] - noisy_none["mean"], [noisy["std"], noisy_none["std"]])
@@ -175,8 +167,8 @@ def ics_section(runs: pd.DataFrame, epochs: pd.DataFrame, probes: pd.DataFrame) 
             "bn_ics_1_minus_cos": _round3(bn["ics"]),
             "bn_noisy_ics_1_minus_cos": _round3(noisy["ics"]),
         }
-        if "none" in set(pts["norm.kind"]) and lr in _lrs(pts, "none"):
-            numbers["none_ics_1_minus_cos"] = _round3(_at(pts, "none", lr)["ics"])
+        if "none" in set(pts["norm.kind"]) and lr in _values(pts, "none", "optim.lr"):
+            numbers["none_ics_1_minus_cos"] = _round3(_point(pts, "none", lr, "optim.lr")["ics"])
         if not shift_ratio > 1.0:
             notes.append("the noise did not make noisy BN's distributions shift more than BN's")
         elif vs_bn >= -ICS_SAME_MARGIN and vs_none.outcome == GREATER:
@@ -187,7 +179,7 @@ def ics_section(runs: pd.DataFrame, epochs: pd.DataFrame, probes: pd.DataFrame) 
         {
             "norm": pts["norm.kind"],
             "lr": pts["optim.lr"].map(lambda v: f"{v:g}"),
-            "train acc %": [_acc_cell(p) for _, p in pts.iterrows()],
+            "train acc %": _acc_cells(pts),
             "test acc % (no noise)": pts["test"].map(lambda v: f"{100 * v:.1f}"),
             "distribution shift": pts["shift"].map(_fmt3),
             "ICS (1 - cos)": pts["ics"].map(_fmt3),
@@ -239,7 +231,7 @@ def landscape_section(
         return _result(landscape_section, "landscape", NO_DATA, notes=notes)
     mine = probes[probes["run_id"].isin(sel["run_id"]) & probes["probe"].eq("landscape")]
     mine = mine.merge(sel[["run_id", "norm.kind", "optim.lr"]], on="run_id")
-    shared = sorted(_lrs(sel, "bn") & _lrs(sel, "none"))
+    shared = sorted(_values(sel, "bn", "optim.lr") & _values(sel, "none", "optim.lr"))
     rows, numbers = [], {"shared_lrs": shared}
     outcomes: list[str] = []
     for lr in shared:
@@ -335,12 +327,12 @@ def alternatives_section(
     outcomes, bn_degrades = [], []
     arms = sorted(set(pts["arm"]))
     for arm in [a for a in arms if a.split("/")[0] in ALTERNATIVES]:
-        shared = sorted(_values(pts, "bn", key) & _values(pts, arm, key))
+        shared = sorted(_values(pts, "bn", key, "arm") & _values(pts, arm, key, "arm"))
         if len(shared) < 2:
             continue
         small, big = shared[0], shared[-1]
         for who in ("bn", arm):
-            lo, hi = _at(pts, who, small, "arm", key), _at(pts, who, big, "arm", key)
+            lo, hi = _point(pts, who, small, key, "arm"), _point(pts, who, big, key, "arm")
             change[who] = (lo["mean"] - hi["mean"], [lo["std"], hi["std"]])
         comp = compare(change[arm][0] - change["bn"][0], change[arm][1] + change["bn"][1])
         outcomes.append(comp.outcome)
@@ -363,13 +355,13 @@ def alternatives_section(
         verdict = SUPPORTED
     elif not any(o == GREATER for o in outcomes):
         verdict = NOT_SUPPORTED
-    big = max(_values(pts, "bn", key), default=None)
+    big = max(_values(pts, "bn", key, "arm"), default=None)
     for arm in sorted(a for a in set(pts["arm"]) if a.startswith("ghost_bn")):
-        if big is not None and big in _values(pts, arm, key):
-            ghost, bn = _at(pts, arm, big, "arm", key), _at(pts, "bn", big, "arm", key)
+        if big is not None and big in _values(pts, arm, key, "arm"):
+            ghost, bn = _point(pts, arm, big, key, "arm"), _point(pts, "bn", big, key, "arm")
             comp = compare(ghost["mean"] - bn["mean"], [ghost["std"], bn["std"]])
             numbers |= _comparison(f"{arm}_minus_bn_at_batch_{int(big)}", comp)
-    evidence = _arm_table(pts, key)
+    evidence = _pivot(pts, key, "batch", by="arm", order=())
     return _result(
         alternatives_section,
         "alternatives",
@@ -415,12 +407,13 @@ def deep_no_norm_section(
     )
     pts = aggregate(per_run, ["arm", key], "acc")
     pts["diverged"] = _mean_by(per_run, ["arm", key], "diverged", pts, "sum")
-    depths = sorted(set.intersection(*(_values(pts, a, key) for a in DEEP_ARMS)))
+    depths = sorted(set.intersection(*(_values(pts, a, key, "arm") for a in DEEP_ARMS)))
     numbers: dict[str, Any] = {"depths_with_all_arms": [int(d) for d in depths]}
     for arm in ("none", "fixup", "skipinit"):
-        for depth in sorted(_values(pts, arm, key) & _values(pts, "bn", key)):
+        for depth in sorted(_values(pts, arm, key, "arm") & _values(pts, "bn", key, "arm")):
             gap = (
-                _at(pts, arm, depth, "arm", key)["mean"] - _at(pts, "bn", depth, "arm", key)["mean"]
+                _point(pts, arm, depth, key, "arm")["mean"]
+                - _point(pts, "bn", depth, key, "arm")["mean"]
             )
             numbers[f"{arm}_minus_bn_depth_{int(depth)}_pp"] = _pct(gap)
     verdict = INCONCLUSIVE
@@ -429,7 +422,7 @@ def deep_no_norm_section(
     else:
         depth = depths[-1]
         numbers["deciding_depth"] = int(depth)
-        at = {a: _at(pts, a, depth, "arm", key) for a in DEEP_ARMS}
+        at = {a: _point(pts, a, depth, key, "arm") for a in DEEP_ARMS}
         trains = {a: bool(at[a]["diverged"] == 0 and at[a]["mean"] >= LEARNS) for a in DEEP_ARMS}
         numbers |= {f"{a}_trains": trains[a] for a in DEEP_ARMS}
         numbers |= {f"{a}_acc_pct": _pct(at[a]["mean"]) for a in DEEP_ARMS}
@@ -444,7 +437,7 @@ def deep_no_norm_section(
             verdict = SUPPORTED
         elif not trains["fixup"] and not trains["skipinit"]:
             verdict = NOT_SUPPORTED
-    evidence = _arm_table(pts, key, order=DEEP_ARMS, label="depth")
+    evidence = _pivot(pts, key, "depth", by="arm", order=DEEP_ARMS)
     return _result(
         deep_no_norm_section,
         "deep_no_norm",
@@ -539,41 +532,12 @@ def _flag(runs: pd.DataFrame, key: str) -> pd.Series:
     return runs[key].map(lambda v: v is True or v == "True" or v == 1).astype(bool)
 
 
-def _lrs(pts: pd.DataFrame, norm: str) -> set[float]:
-    return set(pts.loc[pts["norm.kind"].eq(norm), "optim.lr"].dropna())
-
-
-def _values(pts: pd.DataFrame, arm: str, key: str) -> set[Any]:
-    return set(pts.loc[pts["arm"].eq(arm), key].dropna())
-
-
-def _at(
-    pts: pd.DataFrame, who: str, value: Any, by: str = "norm.kind", key: str = "optim.lr"
-) -> pd.Series:
-    return pts[pts[by].eq(who) & np.isclose(pts[key].astype(float), float(value))].iloc[0]
-
-
 def _mean_by(
     per_run: pd.DataFrame, keys: list[str], column: str, pts: pd.DataFrame, how: str = "mean"
 ) -> pd.Series:
     """`column` aggregated per grid point, aligned with `pts` (same keys, same order)."""
     agg = per_run.groupby(keys, dropna=False)[column].agg(how).rename(column).reset_index()
     return pts[keys].merge(agg, on=keys, how="left")[column].to_numpy()
-
-
-def _arm_table(
-    pts: pd.DataFrame, key: str, order: Sequence[str] = (), label: str = "batch"
-) -> pd.DataFrame:
-    """Arms as rows, `key` values as columns, "mean ± std" cells."""
-    found = set(pts["arm"])
-    arms = [a for a in order if a in found] + sorted(found - set(order))
-    table = pd.DataFrame({"arm": arms})
-    for value in sorted(set(pts[key])):
-        sub = pts[pts[key].eq(value)].set_index("arm")
-        table[f"{label} {value:g} acc %"] = [
-            _acc_cell(sub.loc[a]) if a in sub.index else "–" for a in arms
-        ]
-    return table
 
 
 def _round3(x: float) -> float | None:
