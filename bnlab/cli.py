@@ -67,13 +67,11 @@ def _config_reference() -> str:
     walk(container, "")
     for key, value in flat.items():
         lines.append(f"  {key} = {value}")
-    from dataclasses import fields
-
-    from bnlab.config import NORM_SCHEMAS
+    from bnlab.norm_kinds import NORM_KINDS
 
     lines += ["", "\b", "Keys of each norm kind:"]
-    for kind, schema in NORM_SCHEMAS.items():
-        keys = ", ".join(f"norm.{f.name}" for f in fields(schema) if f.name != "kind")
+    for kind, entry in NORM_KINDS.items():
+        keys = ", ".join(f"norm.{k}" for k in entry.keys)
         lines.append(f"  norm={kind:<12} {keys or '(no keys)'}")
     lines += [
         "",
@@ -188,6 +186,8 @@ def sweep(
             runs = Path(s.jobs[0].cfg.paths.runs)
             try:
                 launch(s, runs)
+            except BnlabError as e:  # e.g. a SLURM request the cluster refuses
+                raise _fail(str(e)) from None
             except KeyboardInterrupt:
                 raise _fail(RESUME_HINT, EXIT_INTERRUPTED) from None
         rows = rows_for(s)
@@ -210,15 +210,22 @@ def sweep(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _section_help() -> str:
+    """The report's sections, read from its registry (only for --help: it imports pandas)."""
+    if not _wants_help():
+        return "One section only"
+    from bnlab.report import SECTIONS
+
+    return f"One section only: {', '.join(SECTIONS)}"
+
+
 @app.command()
 def report(
     runs: Annotated[
         Path | None, typer.Option("--runs", help="Runs folder (default: paths.runs)")
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Where the report goes")] = Path("results"),
-    experiment: Annotated[
-        str | None, typer.Option("--experiment", help="One section only, e.g. lr or ics")
-    ] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help=_section_help())] = None,
 ) -> None:
     """Tables, figures and a verdict per claim and mechanism section, from the run store."""
     from bnlab.report import build_report
@@ -237,7 +244,11 @@ def report(
     for warning in result.warnings:
         typer.echo(f"bnlab: warning: {warning}", err=True)
     for claim in result.claims:
-        typer.echo(f"{claim.key:<15} {claim.verdict:<14} {claim.title}")
+        earlier = ", ".join(f"v{v} {verdict}" for v, verdict, _ in claim.superseded)
+        typer.echo(
+            f"{claim.key:<15} {claim.verdict:<14} {claim.title}"
+            + (f" (earlier rules: {earlier})" if earlier else "")
+        )
     typer.echo(f"report: {result.report_md} and {result.report_html}")
 
 

@@ -21,12 +21,17 @@ from bnlab.errors import BnlabError
 
 CONFIG_DIR = Path(os.environ.get("BNLAB_CONF", Path(__file__).resolve().parents[1] / "conf"))
 VERSION_BASE = "1.3"
+# conf/ folders that are not user-facing groups: scale/ is picked by preset and
+# experiment together; hydra/ holds only launcher settings (hydra/launcher=...).
+INTERNAL_GROUPS = ("scale", "hydra")
 
 
 def config_groups() -> dict[str, list[str]]:
     """Selectable options per group of conf/ (the base_* schemas are internal)."""
     groups: dict[str, list[str]] = {}
-    for d in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "scale"):
+    for d in sorted(
+        p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in INTERNAL_GROUPS
+    ):
         groups[d.name] = sorted(f.stem for f in d.glob("*.yaml"))
     return groups
 
@@ -41,7 +46,8 @@ def group_options(group: str) -> list[str]:
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
-def _one_line(err: BaseException) -> str:
+def hydra_error_line(err: BaseException) -> str:
+    """A Hydra/OmegaConf composition error as one line that names the key or option."""
     text = str(err)
     if isinstance(err, OverrideParseException):
         return f"cannot parse override '{err.override}': {text.splitlines()[0]}"
@@ -69,7 +75,7 @@ def load_config(overrides: Sequence[str]) -> DictConfig:
         OmegaConf.resolve(cfg)
         _reject_unknown_keys(cfg, "")
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise BnlabError(_one_line(err)) from None
+        raise BnlabError(hydra_error_line(err)) from None
     return cfg
 
 

@@ -18,6 +18,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from bnlab.errors import BnlabError
+from bnlab.norm_kinds import (  # noqa: F401  (re-exported: the schemas are part of the config)
+    NORM_FREE_KINDS,
+    NORM_KINDS,
+    BatchNormConfig,
+    BatchRenormConfig,
+    GhostBatchNormConfig,
+    GroupNormConfig,
+    InstanceNormConfig,
+    LayerNormConfig,
+    NoisyBatchNormConfig,
+    NoisyNoNormConfig,
+    NoNormConfig,
+    NormConfig,
+    WeightNormConfig,
+    check_norm,
+)
 
 # ----------------------------------------------------------------------------- data
 
@@ -30,6 +46,10 @@ class DataConfig:
     eval_batch_size: int = 256  # fastest on the 2-core CPU; no effect on results
     train_size: int | None = None  # class-balanced training subset; None = all
     test_size: int | None = None  # class-balanced test subset (smoke tests only); None = all
+    # Per-epoch evaluations (the curves in metrics.csv) on a fixed class-balanced subset
+    # of the test set of this size (the same every epoch and seed: data.subset_seed);
+    # the final epoch always evaluates the whole test set. None: every epoch, the whole.
+    curve_test_size: int | None = None
     subset_seed: int = 0  # fixed: the subset does not change with train.seed
     augment: bool = True  # pad-4 random crop + horizontal flip
     download: bool = True  # official CIFAR-10 only: fetch it when missing and online
@@ -48,124 +68,19 @@ class ModelConfig:
     # fixup/skipinit need residual=true and a norm kind without normalisation (none, none_noisy)
     init: str = "kaiming"
     init_scale: float = 1.0  # multiplies every conv/linear weight after init
+    # What this code builds for a config, bumped when that changes with no other key
+    # changing, so the run id (a hash of the config) changes too. 1: runs stored before
+    # the key existed. 2: Fixup as in Zhang et al.'s reference code (no conv biases,
+    # x + bias1a into a downsampling shortcut, fan-out He init of the branches' first
+    # convs) and bn_noisy/none_noisy's uniform per-activation draws (bnlab.models).
+    revision: int = 2
 
 
 # ----------------------------------------------------------------------------- norms
+# One entry per norm kind (schema, layer, checks) in bnlab.norm_kinds; the schemas are
+# re-exported here because they are part of the config.
 
-
-@dataclass
-class NormConfig:
-    kind: str = MISSING
-
-
-@dataclass
-class BatchNormConfig(NormConfig):
-    kind: str = "bn"
-    momentum: float = 0.1
-    eps: float = 1e-5
-    affine: bool = True
-    track_running_stats: bool = True
-
-
-@dataclass
-class NoNormConfig(NormConfig):
-    kind: str = "none"
-
-
-@dataclass
-class GroupNormConfig(NormConfig):
-    kind: str = "gn"
-    groups: int = 8  # must divide model.width (16 channels at ResNet's first stage)
-    eps: float = 1e-5
-    affine: bool = True
-
-
-@dataclass
-class LayerNormConfig(NormConfig):
-    # For conv nets "LayerNorm" normalises each sample over (C, H, W): GroupNorm with 1 group.
-    kind: str = "ln"
-    eps: float = 1e-5
-    affine: bool = True
-
-
-@dataclass
-class NoisyBatchNormConfig(BatchNormConfig):
-    """BN plus Santurkar et al.'s (2018) shifting noise, in training only.
-
-    Each step and channel: mu ~ U(-noise_mean, noise_mean), sigma ~ U(1, 1 + noise_scale);
-    each activation: out = x * s + m, s ~ sigma * (1 + j U(-0.5, 0.5)),
-    m ~ mu + j sigma N(0, 1), j = noise_jitter (see bnlab.models.norms.ActivationNoise).
-    """
-
-    kind: str = "bn_noisy"
-    noise_mean: float = 0.5
-    noise_scale: float = 1.0
-    noise_jitter: float = 0.25
-
-
-@dataclass
-class NoisyNoNormConfig(NormConfig):
-    """The noise of bn_noisy with no BN in front of it."""
-
-    kind: str = "none_noisy"
-    noise_mean: float = 0.5
-    noise_scale: float = 1.0
-    noise_jitter: float = 0.25
-
-
-@dataclass
-class GhostBatchNormConfig(NormConfig):
-    """Ghost BN (Hoffer et al. 2017): training statistics over sub-batches of virtual_batch."""
-
-    kind: str = "ghost_bn"
-    virtual_batch: int = 32  # must divide data.batch_size
-    momentum: float = 0.1
-    eps: float = 1e-5
-    affine: bool = True
-
-
-@dataclass
-class BatchRenormConfig(NormConfig):
-    """Batch Renormalization (Ioffe 2017); limits relaxed from (1, 0) over warmup_steps."""
-
-    kind: str = "batch_renorm"
-    r_max: float = 3.0
-    d_max: float = 5.0
-    warmup_steps: int = 5000  # linear ramp of r_max 1 -> r_max and d_max 0 -> d_max
-    momentum: float = 0.1
-    eps: float = 1e-5
-    affine: bool = True
-
-
-@dataclass
-class InstanceNormConfig(NormConfig):
-    # InstanceNorm: each sample and channel normalised over (H, W), i.e. GroupNorm(C, C).
-    kind: str = "in"
-    eps: float = 1e-5
-    affine: bool = True
-
-
-@dataclass
-class WeightNormConfig(NormConfig):
-    # No norm layer: every conv/linear weight is g * v / ||v|| (Salimans & Kingma 2016).
-    kind: str = "weight_norm"
-
-
-NORM_SCHEMAS: dict[str, type[NormConfig]] = {
-    "bn": BatchNormConfig,
-    "none": NoNormConfig,
-    "gn": GroupNormConfig,
-    "ln": LayerNormConfig,
-    "bn_noisy": NoisyBatchNormConfig,
-    "none_noisy": NoisyNoNormConfig,
-    "ghost_bn": GhostBatchNormConfig,
-    "batch_renorm": BatchRenormConfig,
-    "in": InstanceNormConfig,
-    "weight_norm": WeightNormConfig,
-}
-# Kinds with no normalisation layer, which Fixup/SkipInit are meant to replace.
-# (weight_norm is excluded: Fixup's zero-initialised convs have no direction v / ||v||.)
-NORM_FREE_KINDS = ("none", "none_noisy")
+NORM_SCHEMAS: dict[str, type[NormConfig]] = {k: v.schema for k, v in NORM_KINDS.items()}
 
 # ----------------------------------------------------------------------------- optim
 
@@ -196,10 +111,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on a CUDA GPU that has it, else fp32) | fp32 | bf16
-    # NHWC memory format: faster on GPUs and, measured here, on CPU too (train step
-    # -17%, evaluation -50% for ResNet-20), so on by default everywhere.
+    # NHWC memory format: faster on GPUs and on CPU too (scripts/bench_throughput.py,
+    # results/bench/README.md), so on by default everywhere.
     channels_last: bool = True
-    compile: bool = False
+    # false: eager | true: torch.compile | cuda_graphs: torch.compile(mode="reduce-overhead"),
+    # i.e. CUDA graphs (CUDA only; elsewhere a warning and eager mode). Typed Any to take
+    # both bools and that word; validate() allows exactly these three.
+    compile: Any = False
     threads: int | None = None  # CPU intra-op threads; None: torch's default
     divergence_factor: float = 10.0  # diverged when the loss exceeds this x its initial value
     # Train only the norm layers' gamma/beta, everything else frozen at init (Frankle et al. 2020).
@@ -214,6 +132,11 @@ class ProbeConfig:
     # normalisation, running averages untouched) at each of these eval batch sizes,
     # beside the usual running-statistics accuracy. Empty: skip.
     bn_eval_batch_sizes: list[int] = field(default_factory=list)
+    # After training, BN and Ghost BN models only (other kinds: skipped): test accuracy
+    # with the running averages, with precise BN (statistics re-estimated over 200
+    # training batches of the statistics size), with each test group's own statistics,
+    # and the training loss/accuracy in train mode (bnlab.train.bn_modes).
+    bn_modes: bool = False
     # Per-epoch probes, written to probes.csv (long format). They run on deep
     # copies with the RNG restored, so switching them on never changes training.
     # Each epoch: test accuracy with running vs batch statistics (at data.batch_size).
@@ -301,6 +224,7 @@ def register_configs() -> None:
 DATASETS = ("cifar10_jpeg", "cifar10", "fashion_mnist")
 INITS = ("kaiming", "xavier", "orthogonal", "fixup", "skipinit")
 RESIDUAL_INITS = ("fixup", "skipinit")  # add scalars to the residual branches
+MODEL_REVISION = 2  # ModelConfig.revision: the only one bnlab.models builds
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -334,6 +258,13 @@ def validate(cfg: Any) -> None:
     _positive("data.eval_batch_size", d.eval_batch_size)
     _positive("data.train_size", d.train_size, allow_none=True)
     _positive("data.test_size", d.test_size, allow_none=True)
+    _positive("data.curve_test_size", d.curve_test_size, allow_none=True)
+    if d.curve_test_size is not None and d.test_size is not None:
+        _check(
+            d.curve_test_size <= d.test_size,
+            f"data.curve_test_size={d.curve_test_size} is larger than "
+            f"data.test_size={d.test_size}: the curves' subset comes from the test set",
+        )
     if d.train_size is not None:
         _check(
             d.train_size >= d.batch_size,
@@ -349,6 +280,11 @@ def validate(cfg: Any) -> None:
     _positive("model.width", m.width)
     _one_of("model.init", m.init, INITS)
     _positive("model.init_scale", m.init_scale)
+    _check(
+        m.revision == MODEL_REVISION,
+        f"model.revision={m.revision}: this bnlab builds revision {MODEL_REVISION} only "
+        "(an older revision's runs are read by the report, not rebuilt)",
+    )
     if m.init in RESIDUAL_INITS:
         _check(
             m.residual,
@@ -360,32 +296,7 @@ def validate(cfg: Any) -> None:
             f"use norm=none (or none_noisy), not norm={n.kind}",
         )
 
-    _one_of("norm", n.kind, tuple(NORM_SCHEMAS))
-    if "eps" in n:
-        _positive("norm.eps", n.eps)
-    if "momentum" in n:
-        _check(0.0 <= n.momentum <= 1.0, f"norm.momentum={n.momentum} must be in [0, 1]")
-    if "groups" in n:
-        _positive("norm.groups", n.groups)
-        _check(
-            m.width % n.groups == 0,
-            f"norm.groups={n.groups} must divide model.width={m.width} (channels per stage)",
-        )
-    if "noise_mean" in n:
-        _check(n.noise_mean >= 0.0, f"norm.noise_mean={n.noise_mean} must be >= 0")
-        _check(n.noise_scale >= 0.0, f"norm.noise_scale={n.noise_scale} must be >= 0")
-        _check(n.noise_jitter >= 0.0, f"norm.noise_jitter={n.noise_jitter} must be >= 0")
-    if "virtual_batch" in n:
-        _positive("norm.virtual_batch", n.virtual_batch)
-        # Equal ghost batches only: a smaller last one would be normalised more noisily.
-        _check(
-            d.batch_size % n.virtual_batch == 0,
-            f"norm.virtual_batch={n.virtual_batch} must divide data.batch_size={d.batch_size}",
-        )
-    if "r_max" in n:
-        _check(n.r_max >= 1.0, f"norm.r_max={n.r_max} must be >= 1")
-        _check(n.d_max >= 0.0, f"norm.d_max={n.d_max} must be >= 0")
-        _check(n.warmup_steps >= 0, f"norm.warmup_steps={n.warmup_steps} must be >= 0")
+    check_norm(cfg)
 
     _check(o.name == "sgd", f"optim.name={o.name!r} is not one of: sgd")
     _positive("optim.lr", o.lr)
@@ -405,16 +316,31 @@ def validate(cfg: Any) -> None:
     _check(t.epochs >= 1, f"train.epochs={t.epochs} must be at least 1")
     _one_of("train.device", t.device, DEVICES)
     _one_of("train.precision", t.precision, PRECISIONS)
+    _check(
+        t.compile is True or t.compile is False or t.compile == "cuda_graphs",
+        f"train.compile={t.compile!r} is not one of: false, true, cuda_graphs",
+    )
     _positive("train.threads", t.threads, allow_none=True)
     _check(t.divergence_factor > 1.0, f"train.divergence_factor={t.divergence_factor} must be > 1")
     _check(
         not t.only_bn or bool(n.get("affine", False)),
         f"train.only_bn=true trains the norm's gamma/beta, but norm={n.kind} has none "
-        "(needs an affine norm: bn, bn_noisy, ghost_bn, batch_renorm, gn, ln, in)",
+        f"(needs an affine norm: {', '.join(k for k, v in NORM_KINDS.items() if v.affine)})",
     )
 
+    virtual_batch = n.get("virtual_batch")  # ghost_bn: train mode normalises groups of it
     for size in cfg.probe.bn_eval_batch_sizes:
         _positive("probe.bn_eval_batch_sizes", size)
+        _check(
+            virtual_batch is None or size <= virtual_batch or size % virtual_batch == 0,
+            f"probe.bn_eval_batch_sizes has {size}: with norm.virtual_batch={virtual_batch} "
+            "an eval batch must be at most that or a multiple of it",
+        )
+    _check(
+        not cfg.probe.bn_modes or n.get("track_running_stats", True),
+        "probe.bn_modes=true compares BN's running averages with other statistics, "
+        "but norm.track_running_stats=false keeps none",
+    )
     for probe_step in cfg.probe.steps:
         _check(probe_step >= 0, f"probe.steps has {probe_step}: steps must be >= 0")
     for mult in cfg.probe.landscape_steps:

@@ -7,3 +7,9 @@ that escapes is a bug (or a crashed run) and is reported differently.
 
 class BnlabError(Exception):
     """Bad input: unknown key, wrong type, impossible value, missing or corrupt data."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line (its message's first line, else its type's name)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -29,10 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from bnlab.errors import BnlabError
+from bnlab.errors import BnlabError, first_line
 from bnlab.models import build_model
 from bnlab.models.fold import fold_bn
-from bnlab.store import RunDir, atomic_write_bytes
+from bnlab.store import CorruptCheckpoint, RunDir, atomic_write_bytes, load_checkpoint_file
 
 # data.name -> (channels, side): the input shape the network was trained on.
 INPUT_SHAPES: dict[str, tuple[int, int]] = {
@@ -60,18 +60,23 @@ def load_run_model(run_dir: Path) -> tuple[nn.Module, DictConfig, tuple[int, int
         with torch.random.fork_rng(devices=[]):
             model = build_model(cfg.model, cfg.norm, NUM_CLASSES, channels)
     except (OmegaConfBaseException, ValueError, TypeError) as err:
-        raise BnlabError(f"{run.config_file}: {_first_line(err)}") from None
+        raise BnlabError(f"{run.config_file}: {first_line(err)}") from None
 
     if not run.checkpoint_file.exists():
         raise BnlabError(f"{run.path}: no checkpoint.pt (has the run finished an epoch?)")
-    state = run.load_checkpoint()
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+    # The same safe loader as resuming (tensors and plain values only), but strict:
+    # an export is of the run's last checkpoint, never silently of an older one.
+    try:
+        state = load_checkpoint_file(run.checkpoint_file)
+    except CorruptCheckpoint as err:
+        raise BnlabError(f"{run.checkpoint_file}: unreadable checkpoint ({err})") from None
+    if not isinstance(state.get("model"), dict):
         raise BnlabError(f"{run.checkpoint_file}: unreadable or not a bnlab checkpoint")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise BnlabError(
-            f"{run.checkpoint_file} does not match the model in config.yaml: {_first_line(err)}"
+            f"{run.checkpoint_file} does not match the model in config.yaml: {first_line(err)}"
         ) from None
     return model.eval(), cfg, (channels, side, side)
 
@@ -126,12 +131,7 @@ def _load_config(run: RunDir) -> DictConfig:
     try:
         cfg = OmegaConf.load(run.config_file)
     except (OSError, yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as err:
-        raise BnlabError(f"{run.config_file}: unreadable config: {_first_line(err)}") from None
+        raise BnlabError(f"{run.config_file}: unreadable config: {first_line(err)}") from None
     if not isinstance(cfg, DictConfig):
         raise BnlabError(f"{run.config_file}: not a mapping of config keys")
     return cfg
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

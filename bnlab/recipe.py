@@ -20,9 +20,12 @@ from omegaconf import DictConfig
 from bnlab import __version__
 from bnlab.config import validate
 from bnlab.data import DeviceLoader, load_dataset
+from bnlab.data.load import curve_subset
+from bnlab.errors import BnlabError
 from bnlab.models import build_model, count_params
 from bnlab.sinks import make_sink
 from bnlab.store import RunBusy, RunStore, check_writable, git_commit, run_id
+from bnlab.train.bn_modes import bn_modes
 from bnlab.train.fit import fit
 from bnlab.train.loop import Reporter, SilentReporter
 from bnlab.train.probes import bn_eval
@@ -56,6 +59,9 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
     check_writable(store.root)
 
     data = load_dataset(cfg.data)  # missing or corrupt data fails here, before any write
+    # The per-epoch curves' test images (data.curve_test_size); None: the whole test set.
+    curve = curve_subset(data, cfg.data)
+    curve_x, curve_y = curve if curve is not None else (data.test_x, data.test_y)
     train_loader = DeviceLoader(
         data.train_x, data.train_y, cfg.data.batch_size, train=True, augment=cfg.data.augment,
         mean=data.mean, std=data.std, device=rt.device, seed=cfg.train.seed,
@@ -65,12 +71,19 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
         data.test_x, data.test_y, cfg.data.eval_batch_size, train=False, augment=False,
         mean=data.mean, std=data.std, device=rt.device, channels_last=rt.channels_last,
     )  # fmt: skip
+    curve_loader = None
+    if curve is not None:
+        curve_loader = DeviceLoader(
+            curve_x, curve_y, cfg.data.eval_batch_size, train=False, augment=False,
+            mean=data.mean, std=data.std, device=rt.device, channels_last=rt.channels_last,
+        )  # fmt: skip
 
     bn_stats_loader = None
     if cfg.probe.bn_stats:
-        # Shuffled (the test set is stored class by class), at the training batch size.
+        # Shuffled (the test set is stored class by class), at the training batch size,
+        # on the curve's images (the running-statistics accuracy it compares with).
         bn_stats_loader = DeviceLoader(
-            data.test_x, data.test_y, cfg.data.batch_size, train=True, augment=False,
+            curve_x, curve_y, cfg.data.batch_size, train=True, augment=False,
             mean=data.mean, std=data.std, device=rt.device, seed=cfg.train.seed,
             channels_last=rt.channels_last,
         )  # fmt: skip
@@ -88,6 +101,7 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
         "dataset": data.variant,
         "train_images": int(data.train_x.shape[0]),
         "test_images": int(data.test_x.shape[0]),
+        "curve_test_images": int(curve_x.shape[0]),  # per-epoch rows but the last
         "params": count_params(model),
         "device": rt.describe(),
         "host": platform.node(),
@@ -107,10 +121,12 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
             try:
                 result = fit(
                     model, train_loader, test_loader, cfg, rt, run, reporter, sink.log_epoch,
-                    bn_stats_loader,
+                    bn_stats_loader, curve_loader,
                 )  # fmt: skip
             except (KeyboardInterrupt, SystemExit):
                 raise  # interrupted: the checkpoint stays, rerunning resumes
+            except BnlabError:
+                raise  # bad input found late (e.g. a checkpoint that would run code): exit 2
             except Exception as err:
                 summary |= {
                     "status": "failed",
@@ -144,6 +160,10 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
                     model, data.test_x, data.test_y, sizes, data.mean, data.std, rt,
                     cfg.train.seed, running_acc=rows[-1]["test_acc"],
                 )  # fmt: skip
+            if cfg.probe.bn_modes and result.status == "completed":
+                modes = bn_modes(model, data, cfg, rt, running_acc=rows[-1]["test_acc"])
+                if modes is not None:  # None: not a BN model
+                    summary["bn_modes"] = modes
             run.write_summary(summary)
             sink.finish(summary)
     except RunBusy:

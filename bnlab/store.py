@@ -6,6 +6,7 @@ A run directory holds
     metrics.csv     one row per finished epoch
     summary.json    written once the run ends: status completed | diverged | failed
     checkpoint.pt   the state to resume from (model, optimizer, epoch, metrics so far)
+    checkpoint.prev.pt  the one before it, in case checkpoint.pt does not load
 
 Identity is a hash of the *scientific* config only, so the same experiment run
 with another output folder, logger, device or thread count is the same run:
@@ -25,7 +26,9 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +68,13 @@ IDENTITY_NEUTRAL = {
     "probe.landscape": False,
     "probe.steps": [0, 50, 200],
     "probe.landscape_steps": [0.5, 1.0, 2.0, 4.0],
+    "probe.bn_modes": False,
+    # None: every epoch on the whole test set, as before the key existed.
+    "data.curve_test_size": None,
+    # Runs stored before model.revision existed were built by revision 1; validate()
+    # accepts only the current revision, so its value (2) is always hashed: what
+    # revision 2 builds never shares an id with a revision-1 run.
+    "model.revision": 1,
 }
 
 # probes.csv, written by bnlab.train.probes in long format (one row per measurement).
@@ -77,6 +87,7 @@ METRIC_COLUMNS = (
     "train_acc",
     "test_loss",
     "test_acc",
+    "test_images",  # how many test images test_acc used (data.curve_test_size)
     "lr",
     "time_s",
     "images_per_s",
@@ -124,10 +135,23 @@ def run_name(cfg: DictConfig) -> str:
 # ----------------------------------------------------------------------------- atomic writes
 
 
+def _file_mode() -> int:
+    """What open() would give a new file under the process umask (read once, not set)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file owner-only; a runs folder shared with a cluster group
+        # or copied elsewhere should get the permissions any other new file gets.
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -286,23 +310,131 @@ class RunDir:
         with contextlib.suppress(FileNotFoundError):
             self.summary_file.unlink()
 
+    @property
+    def previous_checkpoint_file(self) -> Path:
+        return self.path / "checkpoint.prev.pt"
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write `state` as checkpoint.pt, keeping the one it replaces as checkpoint.prev.pt.
+
+        At every instant checkpoint.pt is a complete file: the current one is
+        hard-linked to the previous name first (atomic rename over the older
+        one), then the new one is renamed over it.
+        """
         import torch  # here, not at the top: the report reads stores without torch
 
+        _check_plain(state, "checkpoint")
         buf = io.BytesIO()
         torch.save(state, buf)
+        if self.checkpoint_file.exists():
+            _keep_as(self.checkpoint_file, self.previous_checkpoint_file)
         atomic_write_bytes(self.checkpoint_file, buf.getvalue())
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The last complete checkpoint, or None (missing or unreadable: start over)."""
-        if not self.checkpoint_file.exists():
-            return None
-        import torch
+        """The newest checkpoint that loads, or None (no checkpoint: start from scratch).
 
-        try:
-            return torch.load(self.checkpoint_file, map_location="cpu", weights_only=False)
-        except Exception:  # a checkpoint we cannot read is as good as none
-            return None
+        A checkpoint that does not load (truncated, corrupt) gets one warning
+        line on stderr and the previous one is tried; if none loads, the run
+        starts from scratch, which a last warning says. A checkpoint that would
+        run code when unpickled is refused: BnlabError (run folders travel
+        between machines, so their files are untrusted).
+        """
+        candidates = [
+            f for f in (self.checkpoint_file, self.previous_checkpoint_file) if f.exists()
+        ]
+        for i, path in enumerate(candidates):
+            try:
+                return load_checkpoint_file(path)
+            except CorruptCheckpoint as err:
+                then = (
+                    f"trying {candidates[i + 1].name}"
+                    if i + 1 < len(candidates)
+                    else "starting the run from scratch"
+                )
+                _warn(f"{path} does not load ({err}); {then}")
+        return None
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that cannot be read (truncated, not a checkpoint)."""
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """One checkpoint file, unpickled with torch's weights_only loader.
+
+    Only tensors and plain values (dicts, lists, numbers, strings, None) load:
+    that is all bnlab writes. Raises CorruptCheckpoint for an unreadable file and
+    BnlabError (one line naming the file) for one that asks to run code.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if m := re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?(\S+)", text, re.IGNORECASE):
+            raise BnlabError(
+                f"{path}: refusing to load it: unpickling it would call {m.group(1)} "
+                "(bnlab checkpoints hold only tensors and plain values)"
+            ) from None
+        raise CorruptCheckpoint(_last_line(text)) from None
+    except Exception as err:  # truncated zip, empty file, I/O error: not a checkpoint we can use
+        raise CorruptCheckpoint(_last_line(str(err)) or type(err).__name__) from None
+    if not isinstance(state, dict) or not {"model", "epoch"} <= state.keys():
+        raise CorruptCheckpoint("not a bnlab checkpoint")
+    return state
+
+
+def _last_line(text: str) -> str:
+    # torch's loader messages are paragraphs; their gist is the first non-boilerplate line.
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    gist = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the"))]
+    return (gist or lines or [""])[0][:200]
+
+
+def _warn(message: str) -> None:
+    print(f"bnlab: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _keep_as(src: Path, dst: Path) -> None:
+    """Make `dst` a copy of `src` atomically (a hard link where the filesystem has them)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        atomic_write_bytes(dst, src.read_bytes())
+
+
+_PLAIN = (str, int, float, bool, type(None), bytes)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse to write what weights_only loading would refuse to read back (a bug, not input)."""
+    import torch
+
+    if isinstance(value, (*_PLAIN, torch.Tensor, torch.dtype, torch.device)):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str | int):
+                raise TypeError(f"{where} has a {type(k).__name__} key (only str or int)")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__}: checkpoints hold only tensors and plain values "
+        "(they are loaded with weights_only=True)"
+    )
 
 
 class RunStore:

@@ -1,29 +1,45 @@
-"""Training throughput, three pipelines side by side in one process (a benchmark, not a test).
+"""Training throughput: bnlab's pipeline, its limit and a reference (a benchmark, not a test).
 
-(a) bnlab: DeviceLoader (crop+flip+normalise on the device) + the real train loop
-(b) model-only: the same train loop over one batch already in memory (the upper limit)
-(c) reference: a torch DataLoader with per-sample transforms (pad-4 crop, flip,
-    to-float, normalise, as torchvision's RandomCrop/RandomHorizontalFlip/ToTensor/
-    Normalize do), batches moved to the device, the same train loop.
+Three pipelines, each through bnlab.train.loop.train_epoch with the same model,
+batch size and optimizer:
 
-All three run through bnlab.train.loop.train_epoch with the same model, batch
-size and optimizer; each is measured `--repeats` times, interleaved, and the
-median images/s is reported. Prints one JSON line (and writes it to --out).
+(a) bnlab: DeviceLoader (crop+flip+normalise as batch ops on the device) + the train step
+(b) model-only: the same step over one batch already on the device (the upper limit)
+(c) reference: a torch DataLoader with per-sample transforms -- torchvision's
+    RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize when
+    torchvision is importable, else the same with PIL and numpy -- batches moved
+    to the device.
 
-    python scripts/bench_throughput.py                       # ResNet-20, batch 128, CPU
-    python scripts/bench_throughput.py --device cuda --workers 8
+Each pipeline runs under every *variant*: precision (fp32, bf16 autocast), memory
+format (cl = channels_last, nchw) and mode (eager, compile = torch.compile,
+cuda_graphs = torch.compile mode="reduce-overhead"), as bnlab.train.runtime
+builds them (a compile that fails falls back to eager and says so in `mode_used`).
+Each is measured `--repeats` times, interleaved, and the median images/s kept.
+
+`--scaling 1,2,4,8` measures instead several training processes sharing one
+device, as `bnlab sweep hydra/launcher=joblib hydra.launcher.n_jobs=N` runs them:
+each process gets cores/N CPU threads and (on a GPU) 90%/N of its memory, trains
+with bnlab's loader, and the aggregate images/s of all N is reported.
+
+    python scripts/bench_throughput.py                          # ResNet-20, batch 128, CPU
+    python scripts/bench_throughput.py --variants auto --out bench.json   # on a GPU: all
+    python scripts/bench_throughput.py --scaling 1,2,4,8 --out scaling.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import os
 import platform
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,49 +51,77 @@ from bnlab.data import DeviceLoader, load_dataset
 from bnlab.models import build_model
 from bnlab.train.fit import build_optimizer
 from bnlab.train.loop import DivergenceGuard, SilentReporter, train_epoch
-from bnlab.train.runtime import Runtime
+from bnlab.train.runtime import Runtime, compile_model, resolve_runtime, share_gpu
 
 PAD = 4
+Save = Callable[[dict[str, Any]], None]
+PRECISIONS, FORMATS, MODES = ("fp32", "bf16"), ("cl", "nchw"), ("eager", "compile", "cuda_graphs")
 
 
-class PerSampleDataset(torch.utils.data.Dataset):
-    """The conventional pipeline, one PIL image at a time, as torchvision's CIFAR10 +
-    RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize do it
-    (re-implemented with PIL and numpy because torchvision is not importable here)."""
+def reference_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Any, str]:
+    """torchvision's standard CIFAR training transform, or its PIL re-implementation."""
+    try:
+        from torchvision import transforms as T
+    except ImportError:
+        return _PilTransform(mean, std), "PIL re-implementation (torchvision not importable)"
+    pipeline = T.Compose(
+        [
+            T.RandomCrop(32, padding=PAD),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+    return pipeline, "torchvision"
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std) -> None:
-        self.x, self.y = x.numpy(), y.tolist()
+
+class _PilTransform:
+    """RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize with PIL/numpy."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = Image.fromarray(self.x[i])
+    def __call__(self, img: Image.Image) -> torch.Tensor:
         img = ImageOps.expand(img, border=PAD, fill=0)
         top, left = random.randint(0, 2 * PAD), random.randint(0, 2 * PAD)
         img = img.crop((left, top, left + 32, top + 32))
         if random.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         tensor = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return (tensor.float().div(255) - self.mean) / self.std, self.y[i]
+        return (tensor.float().div(255) - self.mean) / self.std
+
+
+class PerSampleDataset(torch.utils.data.Dataset):
+    """The conventional pipeline: one PIL image at a time through `transform`."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Any) -> None:
+        self.x, self.y, self.transform = x.numpy(), y.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.x[i])), self.y[i]
 
 
 class ReferenceLoader:
     """Adapts a DataLoader to the `epoch(e)` interface train_epoch expects."""
 
-    def __init__(self, loader: DataLoader, device: torch.device, steps: int) -> None:
-        self.loader, self.device, self.steps = loader, device, steps
+    def __init__(self, loader: DataLoader, rt: Runtime, steps: int) -> None:
+        self.loader, self.rt, self.steps = loader, rt, steps
+        self.fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         return self.steps
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.rt.device
         for i, (x, y) in enumerate(self.loader):
             if i >= self.steps:
                 return
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=self.fmt)
+            yield x, y.to(device, non_blocking=True)
 
 
 class RepeatBatch:
@@ -110,6 +154,175 @@ class FirstSteps:
             yield batch
 
 
+def variants(spec: str, device: torch.device) -> list[tuple[str, str, str]]:
+    """'auto' or a comma list of precision-format-mode, e.g. bf16-cl-cuda_graphs."""
+    if spec == "auto":
+        if device.type != "cuda":
+            return [("fp32", "cl", "eager")]
+        eager = [(p, f, "eager") for p in PRECISIONS for f in FORMATS]
+        return [*eager, ("bf16", "cl", "compile"), ("bf16", "cl", "cuda_graphs")]
+    out = []
+    for item in spec.split(","):
+        parts = tuple(item.split("-"))
+        if len(parts) != 3 or parts[0] not in PRECISIONS or parts[1] not in FORMATS:
+            raise SystemExit(f"bench_throughput: bad variant {item!r} (e.g. bf16-cl-eager)")
+        if parts[2] not in MODES:
+            raise SystemExit(f"bench_throughput: bad mode in {item!r} ({', '.join(MODES)})")
+        out.append(parts)
+    return out  # type: ignore[return-value]
+
+
+def runtime_for(device: torch.device, precision: str, fmt: str, mode: str) -> Runtime:
+    """The Runtime bnlab would resolve for these train.* settings (with its fallbacks)."""
+    compile_value: bool | str = {"eager": False, "compile": True, "cuda_graphs": "cuda_graphs"}[
+        mode
+    ]
+    train = SimpleNamespace(
+        device=device.type, precision=precision, channels_last=fmt == "cl", compile=compile_value,
+        threads=None,
+    )  # fmt: skip
+    return resolve_runtime(train)
+
+
+def build(rt: Runtime, depth: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=depth), BatchNormConfig()).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, build_optimizer(model, OptimConfig(lr=0.05))
+
+
+def timed(forward: Any, loader: Any, optimizer: Any, rt: Runtime, epoch: int) -> float:
+    """Images/s of one pass of train_epoch over `loader` (wall clock, device synced)."""
+    guard = DivergenceGuard(factor=1e9)
+    start = time.perf_counter()
+    stats = train_epoch(
+        forward, loader, epoch, optimizer, lambda s: 0.05, 0, rt, guard, SilentReporter()
+    )
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+    return stats.images / (time.perf_counter() - start)
+
+
+def bench_variants(args: argparse.Namespace, device: torch.device, save: Save) -> dict[str, Any]:
+    data = load_dataset(DataConfig(name="cifar10_jpeg", train_size=args.train_size))
+    transform, transform_name = reference_transform(data.mean, data.std)
+    reference = DataLoader(
+        PerSampleDataset(data.train_x, data.train_y, transform),
+        batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
+        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+    )  # fmt: skip
+    rows = []
+    for precision, fmt, mode in variants(args.variants, device):
+        rt = runtime_for(device, precision, fmt, mode)
+        model, optimizer = build(rt, args.depth)
+        loader = DeviceLoader(
+            data.train_x, data.train_y, args.batch, train=True, augment=True, mean=data.mean,
+            std=data.std, device=device, channels_last=rt.channels_last,
+        )  # fmt: skip
+        x0, y0 = next(loader.epoch(0))
+        start = time.perf_counter()
+        forward = compile_model(model, rt, lambda x0=x0, y0=y0: (x0, y0))
+        compile_s = time.perf_counter() - start
+        used = mode if forward is not model else "eager"
+        pipelines = {
+            "a_bnlab": FirstSteps(loader, args.steps),
+            "b_model_only": RepeatBatch(x0, y0, args.steps),
+            "c_reference": ReferenceLoader(reference, rt, args.steps),
+        }
+        for pipe in pipelines.values():  # warm-up: allocator, kernels, graphs, workers
+            timed(forward, pipe, optimizer, rt, 0)
+        rates: dict[str, list[float]] = {name: [] for name in pipelines}
+        for r in range(args.repeats):
+            for name, pipe in pipelines.items():
+                rates[name].append(timed(forward, pipe, optimizer, rt, r + 1))
+        median = {name: statistics.median(v) for name, v in rates.items()}
+        row = {
+            "variant": f"{precision}-{fmt}-{mode}",
+            "precision": rt.precision,
+            "channels_last": rt.channels_last,
+            "mode_used": used,
+            "compile_s": round(compile_s, 2),
+            **{f"{k}_images_per_s": round(v, 1) for k, v in median.items()},
+            "a_over_b": round(median["a_bnlab"] / median["b_model_only"], 3),
+            "a_over_c": round(median["a_bnlab"] / median["c_reference"], 3),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        result = {
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "workers": args.workers,
+            "reference_transforms": transform_name,
+            "train_images": int(data.train_x.shape[0]),
+            "variants": rows,
+            # The first variant's numbers at the top level, as earlier versions wrote them.
+            **{k: v for k, v in rows[0].items() if k.endswith(("_per_s", "_over_b", "_over_c"))},
+        }
+        save(result)  # after every variant: a time limit keeps what was measured
+    return result
+
+
+def _scaling_worker(args: argparse.Namespace, jobs: int, rank: int, barrier: Any, out: Any) -> None:
+    """One of `jobs` processes: set up as a sweep job would, train, report its timing."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // jobs))  # as bnlab.sweep.job does
+    share_gpu(jobs)
+    precision, fmt, mode = variants(args.scaling_variant, torch.device(args.device))[0]
+    rt = runtime_for(torch.device(args.device), precision, fmt, mode)
+    data = load_dataset(DataConfig(name="cifar10_jpeg", train_size=args.train_size))
+    loader = DeviceLoader(
+        data.train_x, data.train_y, args.batch, train=True, augment=True, mean=data.mean,
+        std=data.std, device=rt.device, seed=rank, channels_last=rt.channels_last,
+    )  # fmt: skip
+    model, optimizer = build(rt, args.depth)
+    forward = compile_model(model, rt, lambda: next(iter(loader.epoch(0))))
+    timed(forward, FirstSteps(loader, max(3, args.steps // 5)), optimizer, rt, 0)  # warm-up
+    barrier.wait()
+    start = time.monotonic()  # system-wide clock: comparable across the processes
+    rate = timed(forward, FirstSteps(loader, args.steps), optimizer, rt, 1)
+    end = time.monotonic()
+    peak = torch.cuda.max_memory_allocated(rt.device) if rt.device.type == "cuda" else 0
+    images, threads = args.steps * args.batch, torch.get_num_threads()
+    out.put(
+        {"rank": rank, "start": start, "end": end, "images": images, "images_per_s": rate,
+         "threads": threads, "peak_mem_bytes": peak}
+    )  # fmt: skip
+
+
+def bench_scaling(args: argparse.Namespace, save: Save) -> dict[str, Any]:
+    load_dataset(DataConfig(name="cifar10_jpeg"))  # decode/cache once, not in every process
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    rows = []
+    for jobs in [int(n) for n in args.scaling.split(",")]:
+        barrier, out = ctx.Barrier(jobs), ctx.Queue()
+        procs = [
+            ctx.Process(target=_scaling_worker, args=(args, jobs, rank, barrier, out))
+            for rank in range(jobs)
+        ]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=args.timeout) for _ in procs]
+        for p in procs:
+            p.join()
+        span = max(r["end"] for r in results) - min(r["start"] for r in results)
+        row = {
+            "jobs": jobs,
+            "aggregate_images_per_s": round(sum(r["images"] for r in results) / span, 1),
+            "per_job_images_per_s": [round(r["images_per_s"], 1) for r in results],
+            "threads_per_job": results[0]["threads"],
+            "peak_mem_mib_per_job": round(max(r["peak_mem_bytes"] for r in results) / 2**20, 1),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        base = rows[0]["aggregate_images_per_s"] / rows[0]["jobs"]
+        for r in rows:
+            r["speedup_over_one_job"] = round(r["aggregate_images_per_s"] / base, 2)
+        result = {"variant": args.scaling_variant, "steps_per_job": args.steps, "scaling": rows}
+        save(result)  # after every job count: a time limit keeps what was measured
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depth", type=int, default=20)
@@ -118,54 +331,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for (c)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--variants", default="fp32-cl-eager", help="'auto' or e.g. bf16-cl-eager,...")
+    p.add_argument("--train-size", type=int, default=None, help="a class-balanced subset")
+    p.add_argument("--scaling", default=None, help="e.g. 1,2,4,8: processes sharing the device")
+    p.add_argument("--scaling-variant", default="auto", help="auto: bf16-cl-eager on a GPU")
+    p.add_argument("--timeout", type=float, default=600, help="scaling: seconds per process")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
     device = torch.device(args.device)
-    # The model runs as in a real bnlab run (channels_last), for all three pipelines.
-    rt = Runtime(device=device, autocast_dtype=None, channels_last=True, compile=False)
-    data = load_dataset(DataConfig(name="cifar10_jpeg"))
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(depth=args.depth), BatchNormConfig()).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, OptimConfig(lr=0.05))
-    guard = DivergenceGuard(factor=1e9)
-
-    def lr_at(step: int) -> float:
-        return 0.05
-
-    device_loader = DeviceLoader(
-        data.train_x, data.train_y, args.batch, train=True, augment=True,
-        mean=data.mean, std=data.std, device=device, channels_last=True,
-    )  # fmt: skip
-    x0, y0 = next(device_loader.epoch(0))
-    reference = DataLoader(
-        PerSampleDataset(data.train_x, data.train_y, data.mean, data.std),
-        batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
-        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
-    )  # fmt: skip
-    pipelines = {
-        "a_bnlab": FirstSteps(device_loader, args.steps),
-        "b_model_only": RepeatBatch(x0, y0, args.steps),
-        "c_reference": ReferenceLoader(reference, device, args.steps),
-    }
-    # Warm-up: allocator, kernels, the reference pipeline's worker processes.
-    for loader in pipelines.values():
-        train_epoch(model, loader, 0, optimizer, lr_at, 0, rt, guard, SilentReporter())
-
-    rates: dict[str, list[float]] = {name: [] for name in pipelines}
-    for r in range(args.repeats):
-        for name, loader in pipelines.items():
-            start = time.perf_counter()
-            stats = train_epoch(
-                model, loader, r + 1, optimizer, lr_at, 0, rt, guard, SilentReporter()
-            )
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rates[name].append(stats.images / (time.perf_counter() - start))
-
-    median = {name: statistics.median(v) for name, v in rates.items()}
-    result = {
+    if args.scaling_variant == "auto":  # what a sweep's runs use: bf16 autocast on a GPU
+        args.scaling_variant = "bf16-cl-eager" if device.type == "cuda" else "fp32-cl-eager"
+    result: dict[str, Any] = {
         "model": f"resnet{args.depth}",
         "batch": args.batch,
         "device": torch.cuda.get_device_name(device)
@@ -173,18 +350,15 @@ def main() -> None:
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "steps": args.steps,
-        "repeats": args.repeats,
-        "workers": args.workers,
-        **{f"{k}_images_per_s": round(v, 1) for k, v in median.items()},
-        "a_over_b": round(median["a_bnlab"] / median["b_model_only"], 3),
-        "a_over_c": round(median["a_bnlab"] / median["c_reference"], 3),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+
+    def save(part: dict[str, Any]) -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result | part) + "\n")
+
+    result |= bench_scaling(args, save) if args.scaling else bench_variants(args, device, save)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def make_run(
     speed: float = 0.6,
     bn_eval: dict[str, Any] | None = None,
     summary: bool = True,
+    summary_extra: dict[str, Any] | None = None,
     experiment: str | None = None,
 ) -> Path:
     """One run folder; `final` is the last test accuracy, `speed` how fast it gets there."""
@@ -100,7 +101,7 @@ def make_run(
         }
     if bn_eval is not None:
         record["bn_eval"] = bn_eval
-    run.write_summary(record)
+    run.write_summary(record | (summary_extra or {}))
     return run.path
 
 
@@ -314,7 +315,8 @@ def make_mechanism_store(
             for lr in (0.1, 0.01):
                 noise = float(rng.normal(0, 0.004))
                 cfg = {**PROBED, "optim.lr": lr, "train.seed": seed}
-                final = ICS_RUNS[norm][0] + noise
+                # Twins of the lr grid's runs (they differ only in probes): same accuracy.
+                final = LR_ACC[norm][lr] + noise
                 run = make_run(runs, norm=norm, final=final, config=cfg, experiment="landscape")
                 write_probe_rows(run, landscape_rows(*values) + activation_rows(0.1))
         for (norm, vb), accs in ALTERNATIVE_ACC.items():

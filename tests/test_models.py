@@ -26,6 +26,7 @@ from bnlab.models import (
     initialize,
     make_norm,
 )
+from tests.training import sgd_losses
 
 # He et al. 2016, Table 6 / akamaster/pytorch_resnet_cifar10, with BatchNorm.
 BN_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
@@ -308,14 +309,7 @@ def test_training_steps_decrease_the_loss_with_bn() -> None:
     torch.manual_seed(0)
     net = _build()
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(6):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = sgd_losses(net, x, y, steps=6, lr=0.05)
     assert losses[-1] < losses[0]
 
 

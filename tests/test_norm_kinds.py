@@ -37,6 +37,7 @@ from bnlab.store import run_id
 from bnlab.train.fit import build_optimizer
 from bnlab.train.loop import DivergenceGuard, SilentReporter, train_epoch
 from bnlab.train.runtime import resolve_runtime
+from tests.training import sgd_losses
 
 NEW_KINDS = ["bn_noisy", "none_noisy", "ghost_bn", "batch_renorm", "in", "weight_norm"]
 BN_PARAMS_20 = 269_722
@@ -113,9 +114,37 @@ def test_noise_distribution_has_shifted_mean_and_scale() -> None:
     flat = ActivationNoise(noise_mean=0.5, noise_scale=1.0, noise_jitter=0.0).train()(x)
     assert torch.equal(flat.amax(dim=(0, 2, 3)), flat.amin(dim=(0, 2, 3)))
     assert flat[0, :, 0, 0].unique().numel() == 4
-    shifted = ActivationNoise(noise_mean=0.5, noise_scale=1.0).train()(x)
+    default_jitter = NoisyNoNormConfig().noise_jitter
+    shifted = ActivationNoise(noise_mean=0.5, noise_scale=1.0, noise_jitter=default_jitter)
+    shifted = shifted.train()(x)
     per_channel = shifted.mean(dim=(0, 2, 3))
     assert per_channel.std() > 0.05  # each channel gets its own mean shift this step
+
+
+def test_noise_additive_part_is_bounded_uniform_with_unit_variance() -> None:
+    # model.revision 2: Z ~ U(-sqrt 3, sqrt 3) (was N(0, 1): the same mean and variance).
+    torch.manual_seed(0)
+    zero = torch.zeros(64, 4, 16, 16)
+    z = ActivationNoise(noise_mean=0.0, noise_scale=0.0, noise_jitter=1.0).train()(zero)
+    assert z.abs().max().item() <= 3**0.5
+    assert z.abs().max().item() > 0.99 * 3**0.5  # it does reach the bounds
+    assert z.var().item() == pytest.approx(1.0, rel=0.02)
+    # Uniform, not normal: the fourth moment is 9/5 (normal: 3).
+    assert (z.pow(4).mean() / z.var() ** 2).item() == pytest.approx(1.8, rel=0.03)
+
+
+def test_noise_gradient_is_the_multiplier_and_the_draws_follow_the_seed() -> None:
+    layer = ActivationNoise(noise_mean=0.5, noise_scale=1.0, noise_jitter=0.25).train()
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    torch.manual_seed(3)
+    out = layer(x)
+    out.sum().backward()
+    torch.manual_seed(3)
+    shifted = layer(x.detach() + 1.0)  # same draws: out(x + 1) - out(x) = s
+    torch.testing.assert_close(x.grad, shifted - out.detach())
+    torch.manual_seed(3)
+    assert torch.equal(layer(x.detach()), out.detach())
+    assert not torch.equal(layer(x.detach()), out.detach())  # the generator moved on
 
 
 def test_none_noisy_is_noise_without_bn() -> None:
@@ -140,23 +169,38 @@ def test_ghost_bn_with_the_whole_batch_is_bn() -> None:
     torch.testing.assert_close(ghost.running_var, bn.running_var, rtol=0, atol=0)
 
 
-def test_ghost_bn_normalises_each_chunk_on_its_own() -> None:
+@pytest.mark.parametrize("virtual_batch", [2, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ghost_bn_normalises_each_chunk_on_its_own(virtual_batch: int, channels_last: bool):
     torch.manual_seed(0)
-    ghost = _randomise_affine(make_norm(GhostBatchNormConfig(virtual_batch=4), 16))
+    ghost = _randomise_affine(make_norm(GhostBatchNormConfig(virtual_batch=virtual_batch), 16))
     bn = nn.BatchNorm2d(16)
     _copy_bn(ghost, bn)
     x = torch.randn(8, 16, 8, 8) * torch.linspace(0.5, 2, 8).view(8, 1, 1, 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     out = ghost.train()(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert not torch.allclose(out, bn.train()(x), atol=1e-3)
     per_chunk = []
-    for chunk in x.split(4):
+    for chunk in x.split(virtual_batch):  # at 2: each channel's variance over 2 x 8 x 8 values
         ref = nn.BatchNorm2d(16)
         _copy_bn(ghost, ref)
         per_chunk.append(ref.train()(chunk))
-    torch.testing.assert_close(out, torch.cat(per_chunk))
-    # Running stats: the average of the two chunks' statistics, momentum 0.1 from (0, 1).
-    means = torch.stack([c.mean(dim=(0, 2, 3)) for c in x.split(4)]).mean(0)
+    expected = torch.cat(per_chunk)
+    torch.testing.assert_close(out, expected)
+    # The same gradients as separate BN layers, one per chunk.
+    weights = torch.randn_like(out)
+    (grad_x,) = torch.autograd.grad((out * weights).sum(), x)
+    (ref_x,) = torch.autograd.grad((expected * weights).sum(), x)
+    torch.testing.assert_close(grad_x, ref_x)
+    # Running stats: the average of the chunks' statistics, momentum 0.1 from (0, 1).
+    chunks = x.detach().split(virtual_batch)
+    means = torch.stack([c.mean(dim=(0, 2, 3)) for c in chunks]).mean(0)
+    variances = torch.stack([c.var(dim=(0, 2, 3)) for c in chunks]).mean(0)
     torch.testing.assert_close(ghost.running_mean, 0.1 * means)
+    torch.testing.assert_close(ghost.running_var, 0.9 + 0.1 * variances)
     # Eval uses the running statistics, like BN.
     bn.load_state_dict(ghost.state_dict())
     torch.testing.assert_close(ghost.eval()(x), bn.eval()(x), rtol=0, atol=0)
@@ -309,24 +353,74 @@ def test_residual_init_trains(init: str) -> None:
     torch.manual_seed(0)
     net = build_model(ModelConfig(depth=8, init=init), NoNormConfig())
     x, y = _batch(16)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    losses = []
-    for _ in range(5):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = sgd_losses(net, x, y, steps=5, lr=0.1)
     assert losses[-1] < losses[0]
     scalars = [n for n, _ in net.named_parameters() if n.endswith(("alpha", "scale", "bias1a"))]
-    assert len(scalars) == (3 if init == "skipinit" else 6)
+    assert len(scalars) == (3 if init == "skipinit" else 6)  # 3 blocks at depth 8
 
 
-def test_residual_init_parameter_counts() -> None:
+def _fixup_reference_params(depth: int, width: int = 16, classes: int = 10) -> int:
+    """Zhang et al.'s fixup_resnet<depth> (cifar/models/fixup_resnet_cifar.py), counted by
+    hand: every conv bias-free (3x3 weights only), fc with its bias, and per block the
+    scalars bias1a, bias1b, bias2a, bias2b, scale; plus the stem's bias1 and head's bias2."""
+    n = (depth - 2) // 6
+    convs = 3 * width * 9  # the stem
+    for c_in, c_out in ((width, width), (width, 2 * width), (2 * width, 4 * width)):
+        convs += 9 * (c_in * c_out + c_out * c_out) + 9 * 2 * c_out * c_out * (n - 1)
+    return convs + (4 * width * classes + classes) + 5 * 3 * n + 2
+
+
+@pytest.mark.parametrize("depth", [20, 56, 110])
+def test_fixup_parameter_count_is_the_reference_one(depth: int) -> None:
+    net = build_model(ModelConfig(depth=depth, init="fixup"), NoNormConfig())
+    assert count_params(net) == _fixup_reference_params(depth)
+    if depth == 20:
+        assert count_params(net) == 268_393  # the count resnet.py's docstring states
+
+
+def test_fixup_convs_have_no_bias_skipinit_convs_keep_theirs() -> None:
+    fixup = build_model(ModelConfig(depth=8, init="fixup"), NoNormConfig())
+    skip = build_model(ModelConfig(depth=8, init="skipinit"), NoNormConfig())
+    for net, biased in ((fixup, False), (skip, True)):
+        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+        assert len(convs) == 7 and all((c.bias is not None) == biased for c in convs)
+    # The head keeps its (zero-initialised) bias; so does none_noisy's Fixup.
+    assert torch.equal(fixup.fc.bias, torch.zeros(10))
+    noisy = build_model(ModelConfig(depth=8, init="fixup"), NoisyNoNormConfig())
+    assert not any(m.bias is not None for m in noisy.modules() if isinstance(m, nn.Conv2d))
     base = count_params(build_model(ModelConfig(depth=20), NoNormConfig()))
-    fixup = count_params(build_model(ModelConfig(depth=20, init="fixup"), NoNormConfig()))
-    skip = count_params(build_model(ModelConfig(depth=20, init="skipinit"), NoNormConfig()))
-    assert (fixup - base, skip - base) == (5 * 9 + 2, 9)
+    assert count_params(build_model(ModelConfig(depth=20, init="skipinit"), NoNormConfig())) == (
+        base + 9
+    )
+
+
+def test_fixup_downsampling_shortcut_reads_the_biased_input() -> None:
+    # As in the reference: identity = downsample(x + bias1a) where the block subsamples.
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(depth=20, init="fixup"), NoNormConfig())
+    x = torch.randn(2, 16, 8, 8)
+    down, same = net.layer2[0], net.layer1[1]
+    with torch.no_grad():
+        down.bias1a.fill_(0.5)
+        same.bias1a.fill_(0.5)
+    # The branches still output 0 (conv2 is zero): only the shortcut's input shows.
+    shifted = F.pad((x + 0.5)[:, :, ::2, ::2], (0, 0, 0, 0, 0, 16))
+    torch.testing.assert_close(down(x), F.relu(shifted), rtol=0, atol=0)
+    torch.testing.assert_close(same(x), F.relu(x), rtol=0, atol=0)
+
+
+def test_fixup_first_branch_conv_is_he_fan_out_scaled_by_depth() -> None:
+    # The reference draws N(0, 2 / (out_channels * 9)) * L^-1/2; it differs from the
+    # fan-in only where the channels double (layer2.0, layer3.0: fan-out = 2 fan-in).
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(depth=110, init="fixup"), NoNormConfig())  # L = 54
+    for name in ("layer2.0", "layer3.0", "layer3.5"):
+        w = net.get_submodule(name).conv1.weight
+        expected = (2.0 / (w.shape[0] * 9)) ** 0.5 * 54**-0.5
+        assert w.std().item() == pytest.approx(expected, rel=0.05), name
+    kaiming = build_model(ModelConfig(depth=110), NoNormConfig())
+    ratio = net.layer3[0].conv1.weight.std() / kaiming.layer3[0].conv1.weight.std()
+    assert ratio.item() == pytest.approx(0.5**0.5 * 54**-0.5, rel=0.05)
 
 
 @pytest.mark.parametrize(
@@ -343,6 +437,17 @@ def test_residual_init_parameter_counts() -> None:
 def test_bad_combinations_are_rejected(overrides: list[str], message: str) -> None:
     with pytest.raises(BnlabError, match=message):
         validate(load_config(overrides))
+
+
+def test_model_revision_is_the_current_one_and_in_the_run_id() -> None:
+    # Revision 2 builds Fixup and the noisy norms differently from revision 1, with no
+    # other key changing: its value enters every run id, and revision 1 is refused.
+    cfg = load_config(["arm=fixup"])
+    assert cfg.model.revision == 2
+    validate(cfg)
+    with pytest.raises(BnlabError, match="model.revision=1"):
+        validate(load_config(["arm=fixup", "model.revision=1"]))
+    assert run_id(cfg) != run_id(load_config(["arm=fixup", "model.revision=1"]))
 
 
 def test_good_residual_inits_validate() -> None:
@@ -391,15 +496,20 @@ def test_only_bn_step_leaves_convs_untouched() -> None:
 
 
 def test_fixup_scalars_train_at_a_tenth_of_the_lr() -> None:
-    # Zhang et al.'s reference CIFAR code: biases and multipliers at base_lr / 10.
+    # Zhang et al.'s reference CIFAR code: every "bias" and "scale" parameter at
+    # base_lr / 10. Without conv biases that is exactly the scalars and the head's bias.
     cfg = load_config(["arm=fixup", "model.depth=8"])
     validate(cfg)
     net = build_model(cfg.model, cfg.norm)
     opt = build_optimizer(net, cfg.optim, init="fixup")
     slow = {id(p) for g in opt.param_groups if g["lr_scale"] == 0.1 for p in g["params"]}
     names = {n for n, p in net.named_parameters() if id(p) in slow}
-    assert {"layer1.0.bias1a", "layer1.0.scale", "stem_bias", "head_bias", "fc.bias"} <= names
-    assert not any(n.endswith("weight") for n in names)
+    blocks = ("layer1.0", "layer2.0", "layer3.0")
+    scalars = {
+        f"{b}.{s}" for b in blocks for s in ("bias1a", "bias1b", "bias2a", "bias2b", "scale")
+    }
+    assert names == scalars | {"stem_bias", "head_bias", "fc.bias"}
+    assert all(p.numel() == 1 for n, p in net.named_parameters() if n in scalars)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
     # The loop sets each group's lr to the schedule's lr x lr_scale, before each step.
     seen: list[dict[float, float]] = []

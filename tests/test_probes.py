@@ -3,6 +3,7 @@ that they only measure: training is the same with them on, and resuming keeps pr
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_each_probe_writes_its_metrics(probed):
     assert by_probe["activations"] == {"act_mean", "act_std", "grad_norm"}
     assert by_probe["ics"] == {"ics_l2", "ics_cos"}
     assert {"loss_min", "loss_max", "loss_variation", "grad_change_max", "beta_smoothness",
-            "loss@1", "grad_change@1"} <= by_probe["landscape"]  # fmt: skip
+            "loss@0", "loss@1", "grad_change@1"} <= by_probe["landscape"]  # fmt: skip
 
     # Activations at init (epoch 0, step 0) and after each of the 2 epochs, for
     # the stem, 18 block convs and fc.
@@ -168,6 +169,23 @@ def test_landscape_with_zero_step_has_no_variation():
     assert math.isnan(values["beta_smoothness"])  # no eta > 0 to divide by
     moved = {k: v for _, k, v in landscape(model, x, y, 0.1, [0.5, 2.0], trained, rt)}
     assert moved["loss_variation"] > 0 and moved["beta_smoothness"] > 0
+
+
+@pytest.mark.parametrize("norm", ["bn", "bn_noisy"])
+def test_landscape_records_the_loss_at_the_current_weights(norm):
+    # loss@0 is what the training step computes on this batch (bn_noisy: with the noise
+    # the probe draws from the same RNG state the step would), recorded once.
+    model, x, y, rt = _init_model(norm)
+    trained = {n for n, _ in model.named_parameters()}
+    state = torch.get_rng_state()
+    values = landscape(model, x, y, 0.1, [0.5, 1.0], trained, rt)
+    torch.set_rng_state(state)
+    with torch.no_grad():
+        step_loss = torch.nn.functional.cross_entropy(copy.deepcopy(model).train()(x), y)
+    got = [v for _, k, v in values if k == "loss@0"]
+    assert got == [pytest.approx(step_loss.item(), rel=1e-6)]
+    with_zero = [k for _, k, _ in landscape(model, x, y, 0.1, [0.0, 1.0], trained, rt)]
+    assert with_zero.count("loss@0") == 1
 
 
 @pytest.mark.parametrize("norm", ["bn", "bn_noisy"])

@@ -109,8 +109,10 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
         ["norm=ln", "optim.schedule=multistep"],
         ["train.precision=bf16", "train.channels_last=false"],
         ["optim.schedule=cosine", "optim.warmup_epochs=0.5", "optim.nesterov=true"],
+        ["norm=ghost_bn", "norm.virtual_batch=2"],
+        ["arm=fixup", "model.depth=32"],
     ],
-    ids=["deep-none", "plain", "gn-batch4", "ln", "bf16-autocast", "cosine-warmup"],
+    ids=["deep-none", "plain", "gn-batch4", "ln", "bf16", "cosine", "ghost-bn-2", "fixup"],
 )
 def test_the_issue_examples_train(runs, overrides):
     proc = run_bnlab("train", "preset=smoke", "train.epochs=1", *overrides, f"paths.runs={runs}")

@@ -22,7 +22,7 @@ import numpy as np
 from bnlab.data.cache import cache_path, cached
 from bnlab.data.dataset import Dataset
 from bnlab.data.files import file_digest, repo_data_dir
-from bnlab.errors import BnlabError
+from bnlab.errors import BnlabError, first_line
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TARBALL = "cifar-10-python.tar.gz"
@@ -149,17 +149,56 @@ def read(folder: Path) -> Dataset:
     )
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and numpy arrays, and nothing else.
+
+    A pickle names the functions it calls to rebuild objects (find_class): a
+    numpy array needs the four numpy names below; bytes in a Python 3 protocol-2
+    pickle need _codecs.encode (here a latin1-only stand-in). Anything else
+    (os.system, builtins.eval, ...) is refused before it is called, so a crafted
+    file under data.root cannot run code.
+    """
+
+    @staticmethod
+    def _allowed() -> dict[tuple[str, str], object]:
+        try:
+            from numpy._core.multiarray import _reconstruct  # numpy >= 2
+        except ImportError:  # numpy 1.x
+            from numpy.core.multiarray import _reconstruct
+        # The 2009 batches name numpy.core (numpy 1.x); numpy 2 pickles name numpy._core.
+        return {
+            ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): _latin1_bytes,
+        }
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = self._allowed().get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a batch never needs")
+        return allowed
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """What Python 3 protocol-2 pickles call to rebuild bytes: _codecs.encode(text, "latin1")."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"it asks for _codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
 def _unpickle(path: Path) -> object:
     # The batches are Python 2 pickles: latin1 turns their byte strings back
-    # into the original bytes (numpy's array data) and str keys. Pickle can run
-    # code, so like torchvision we only ever open the official files here.
+    # into the original bytes (numpy's array data) and str keys. The files under
+    # data.root are not ours, so only what a batch needs may be unpickled.
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _ArraysOnly(f, encoding="latin1").load()
     except FileNotFoundError:
         raise BnlabError(f"CIFAR-10 batch file {path} is missing") from None
     except Exception as e:  # UnpicklingError, EOFError, ... : whatever it is, it is not a batch
-        raise BnlabError(f"{path} is not a readable CIFAR-10 batch ({e})") from None
+        raise BnlabError(f"{path} is not a readable CIFAR-10 batch ({first_line(e)})") from None
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,23 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     )
 
 
+def curve_subset(data: Dataset, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The test images of the per-epoch curves (``data.curve_test_size``), or None for all.
+
+    Class-balanced and drawn with ``data.subset_seed`` alone, so every epoch and
+    every seed of a grid sees the same images.
+    """
+    size = cfg.curve_test_size
+    if size is None:
+        return None
+    if size > data.test_x.shape[0]:
+        raise BnlabError(
+            f"data.curve_test_size={size} is larger than the test set "
+            f"({data.test_x.shape[0]} images in {cfg.name})"
+        )
+    return _subset("data.curve_test_size", data.test_x, data.test_y, size, cfg)
+
+
 def _subset(
     key: str, x: torch.Tensor, y: torch.Tensor, size: int, cfg: DataConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:

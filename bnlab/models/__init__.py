@@ -2,11 +2,10 @@
 
 from bnlab.models.blocks import BasicBlock, PadShortcut
 from bnlab.models.init import initialize
-from bnlab.models.norms import NORMS, conv_needs_bias, make_norm
+from bnlab.models.norms import conv_needs_bias, make_norm
 from bnlab.models.resnet import CifarResNet, build_model, count_params
 
 __all__ = [
-    "NORMS",
     "BasicBlock",
     "CifarResNet",
     "PadShortcut",

@@ -11,7 +11,12 @@ residual inits (only created when asked for, so other nets are unchanged):
 * ``"fixup"`` (Zhang et al. 2019): scalar biases ``bias1a`` before conv1,
   ``bias1b`` before relu1, ``bias2a`` before conv2, ``bias2b`` after the branch's
   scalar multiplier ``scale``: branch = conv2(relu(conv1(x + a1) + b1) + a2) * scale + b2.
+  As in Zhang et al.'s reference CIFAR code (``cifar/models/fixup_resnet_cifar.py``):
+  the convs have no bias (the scalar biases replace the per-channel ones), and a
+  downsampling block's shortcut also reads ``x + bias1a``.
 * ``"skipinit"`` (De & Smith 2020): one scalar ``alpha``: out = relu(x + alpha * branch(x)).
+  Its convs keep their per-channel biases (no norm layer shifts them, and SkipInit
+  adds no scalar biases to replace them).
 
 Their values (biases 0, scale 1, alpha 0) are set by ``bnlab.models.init.initialize``.
 """
@@ -24,6 +29,16 @@ from torch import nn
 
 from bnlab.config import NormConfig
 from bnlab.models.norms import conv_needs_bias, make_norm
+
+
+def conv_bias(norm: NormConfig, branch_scalars: str | None) -> bool:
+    """Whether the network's convs get a per-channel bias.
+
+    Only when nothing after the conv shifts its output (the norm kind says), and
+    not with Fixup, whose scalar biases take their place (its reference code
+    builds every conv with bias=False).
+    """
+    return conv_needs_bias(norm) and branch_scalars != "fixup"
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int, bias: bool) -> nn.Conv2d:
@@ -75,7 +90,7 @@ class BasicBlock(nn.Module):
         if branch_scalars is not None and not residual:
             raise ValueError(f"branch_scalars={branch_scalars!r} needs a residual block")
         self.branch_scalars = branch_scalars
-        bias = conv_needs_bias(norm)
+        bias = conv_bias(norm, branch_scalars)
         self.conv1 = conv3x3(in_channels, out_channels, stride, bias)
         self.norm1 = make_norm(norm, out_channels)
         self.relu1 = nn.ReLU()
@@ -103,9 +118,15 @@ class BasicBlock(nn.Module):
             raise ValueError(f"unknown branch_scalars {branch_scalars!r}; known: fixup, skipinit")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip_in = x
         if self.branch_scalars == "fixup":
-            out = self.relu1(self.norm1(self.conv1(x + self.bias1a)) + self.bias1b)
+            biased = x + self.bias1a
+            out = self.relu1(self.norm1(self.conv1(biased)) + self.bias1b)
             out = self.norm2(self.conv2(out + self.bias2a)) * self.scale + self.bias2b
+            # The reference subsamples x + bias1a for a downsampling shortcut (an
+            # identity shortcut gets x itself). Fixed at construction, like the rest.
+            if isinstance(self.shortcut, PadShortcut):
+                skip_in = biased
         else:
             out = self.relu1(self.norm1(self.conv1(x)))
             out = self.norm2(self.conv2(out))
@@ -113,5 +134,5 @@ class BasicBlock(nn.Module):
                 out = self.alpha * out
         # Fixed at construction, not data dependent: torch.compile specialises on it.
         if self.shortcut is not None:
-            out = out + self.shortcut(x)
+            out = out + self.shortcut(skip_in)
         return self.relu2(out)

@@ -16,11 +16,16 @@
 * ``fixup`` (Zhang et al. 2019) and ``skipinit`` (De & Smith 2020), for
   residual nets without normalisation: kaiming as above, then each residual
   branch is made to output exactly 0 so every block starts as relu(x).
-  Fixup: the last conv of each branch is 0, the other branch conv is scaled by
-  L^(-1/(2m-2)) = L^(-1/2) (L residual blocks, m = 2 layers per branch), the
-  head's weight and bias are 0, the scalar biases 0 and multipliers 1.
-  SkipInit: the branch multiplier alpha is 0. (The scalars live in
-  ``BasicBlock``/``CifarResNet``, created only for these two inits.)
+  Fixup, as in Zhang et al.'s reference CIFAR code: the last conv of each branch
+  is 0; the first is He-normal with the *fan-out* (out_channels x 3 x 3, what the
+  reference draws; it differs from the fan-in only in the two downsampling
+  blocks, by 1/sqrt(2)) scaled by L^(-1/(2m-2)) = L^(-1/2) (L residual blocks,
+  m = 2 layers per branch); the head's weight and bias are 0, the scalar biases 0
+  and multipliers 1. (The reference leaves its stem conv at torch's default init,
+  std 1/sqrt(3 fan_in); here it is He-normal like every other layer, as the paper's
+  Sec. 3 says: "a standard method".) SkipInit: the branch multiplier alpha is 0.
+  (The scalars live in ``BasicBlock``/``CifarResNet``, created only for these two
+  inits.)
 
 Afterwards every conv/linear weight is multiplied by ``scale``
 (``model.init_scale``). Biases are 0; norm layers get weight 1, bias 0.
@@ -74,7 +79,8 @@ def _fixup(model: nn.Module) -> None:
     blocks = _blocks(model, "fixup")
     depth_scale = len(blocks) ** -0.5  # L^(-1/(2m-2)) with m = 2 convs per branch
     for block in blocks:
-        block.conv1.weight.mul_(depth_scale)
+        w = block.conv1.weight  # drawn He-normal with the fan-in; to the fan-out:
+        w.mul_(depth_scale * (w.shape[1] / w.shape[0]) ** 0.5)
         nn.init.zeros_(block.conv2.weight)
         for name in ("bias1a", "bias1b", "bias2a", "bias2b"):
             nn.init.zeros_(getattr(block, name))

@@ -1,23 +1,14 @@
-"""One factory for every normalisation layer the networks can use.
+"""The normalisation layers that torch does not have, and the helpers that use the
+norm registry (``bnlab.norm_kinds``: one entry per kind, with its schema, builder,
+conv bias and checks).
 
-Each kind is one entry in ``NORMS``: how to build the layer for ``channels``
-feature maps, whether the convolution in front of it needs its own bias, and
-(optionally) how to reparametrise every conv/linear layer of the network
-(``weight_norm`` has no layer of its own; it changes the convs instead).
+* ``ActivationNoise`` / ``NoisyBatchNorm2d`` -- BN (or nothing) followed, in
+  training only, by the shifting noise of Santurkar et al. 2018, sec. 2.1.
+* ``GhostBatchNorm2d`` -- Hoffer et al. 2017: batch statistics over sub-batches.
+* ``BatchRenorm2d`` -- Ioffe 2017.
 
-The configs arrive as ``bnlab.config`` dataclasses or as OmegaConf nodes with
-the same fields, so builders only use attribute access (``cfg.eps``).
-
-Kinds beyond plain BN/GN/LN (each with its dataclass in ``bnlab.config``):
-
-* ``bn_noisy`` / ``none_noisy`` -- BN (or nothing) followed, in training only,
-  by the shifting noise of Santurkar et al. 2018, sec. 2.1; see ``ActivationNoise``.
-* ``ghost_bn`` -- Hoffer et al. 2017: batch statistics over sub-batches of
-  ``virtual_batch`` samples; see ``GhostBatchNorm2d``.
-* ``batch_renorm`` -- Ioffe 2017; see ``BatchRenorm2d``.
-* ``in`` -- InstanceNorm as GroupNorm(C, C).
-* ``weight_norm`` -- Salimans & Kingma 2016: no norm layer, every conv/linear
-  weight is ``g * v / ||v||`` (torch's ``parametrizations.weight_norm``).
+GN, LN and IN are ``nn.GroupNorm`` with C/8, 1 and C groups; weight norm is
+torch's ``parametrizations.weight_norm`` (see the registry).
 
 The BN variants subclass ``nn.BatchNorm2d`` and keep its parameter and buffer
 names, so in eval mode (running statistics) they *are* BatchNorm: state dicts,
@@ -26,32 +17,46 @@ conv+BN folding and ``isinstance`` checks treat them as BN.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrizations
 
-from bnlab.config import NormConfig
-
-NormBuilder = Callable[[NormConfig, int], nn.Module]
-LayerWrapper = Callable[[nn.Module], nn.Module]
-
-
-@dataclass(frozen=True)
-class NormSpec:
-    build: NormBuilder
-    # A conv bias is wasted in front of a layer that subtracts a mean (and adds
-    # its own learned shift); it is only needed when nothing follows the conv.
-    conv_bias: bool
-    # Applied to every Conv2d/Linear after initialisation (weight norm must see
-    # the initialised weight: it sets g = ||w||, so the function is unchanged).
-    wrap_layer: LayerWrapper | None = None
-
+from bnlab.norm_kinds import NormConfig, norm_kind
 
 # ----------------------------------------------------------------------------- noise
+
+
+_SQRT12 = math.sqrt(12.0)
+
+
+class _JitterFn(torch.autograd.Function):
+    """out = x * s + m with s, m drawn per activation (see ActivationNoise), in one buffer.
+
+    Hand-written so that forward is two draws and three passes over the activations
+    (each affine in place, then one fused multiply-add), and backward keeps only s:
+    autograd on the plain expression keeps more and makes more passes.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, s_scale: torch.Tensor, s_shift: torch.Tensor,
+        m_scale: torch.Tensor, m_shift: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        s = torch.rand_like(x)
+        torch.addcmul(s_shift, s, s_scale, out=s)  # s = s_shift + u * s_scale
+        out = torch.rand_like(x)
+        torch.addcmul(m_shift, out, m_scale, out=out)  # m = m_shift + u' * m_scale
+        out.addcmul_(x, s)
+        ctx.save_for_backward(s)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (s,) = ctx.saved_tensors
+        return grad * s, None, None, None, None
 
 
 class ActivationNoise(nn.Module):
@@ -66,22 +71,27 @@ class ActivationNoise(nn.Module):
     and then, i.i.d. for every activation x (sample n, channel c, pixel h, w):
 
         out = x * s + m,   s ~ sigma[t, c] * (1 + j * U(-0.5, 0.5)),
-                           m ~ mu[t, c] + j * sigma[t, c] * N(0, 1),   j = noise_jitter
+                           m ~ mu[t, c] + j * sigma[t, c] * Z,   j = noise_jitter,
 
-    so each activation's noise has a non-zero mean and a non-unit variance that
-    change every step: the "covariate shift" the paper injects after BN. The
-    paper gives no magnitudes; these are our choice. noise_jitter sizes the
-    per-activation part against the per-step shift: at 1 the additive noise is as
-    large as BN's unit-variance output (std sigma >= 1); the default 0.25 keeps a
+    Z ~ U(-sqrt(3), sqrt(3)): mean 0 and variance 1. (model.revision 1 drew Z from
+    N(0, 1): same mean and variance, but torch's CPU normal generator is ~8x slower
+    than its uniform one, and this noise is two draws per activation; the uniform Z
+    makes bn_noisy train about as fast as BN, results/bench/README.md.) So each
+    activation's noise has a non-zero mean and a non-unit variance that change
+    every step: the "covariate shift" the paper injects after BN. The paper gives
+    no magnitudes; these are our choice. noise_jitter sizes the per-activation part
+    against the per-step shift: at 1 the additive noise is as large as BN's
+    unit-variance output (std sigma >= 1); the default 0.25 keeps a
     signal-to-noise ratio of 2-4 per layer. noise_jitter=0 leaves only the
-    per-step, per-channel shift and scale. Measured at CPU scale (5k images): the
-    *residual* ResNet-20 with bn_noisy does not train at 1 or at 0.25 (training
-    accuracy ~12%, lr 0.01 and 0.1) -- the shifts add up along the unnormalised
-    skip stream -- while the plain twin does (24% training accuracy after 2
-    epochs): experiment=ics uses plain nets, as Santurkar et al. used VGG.
+    per-step, per-channel shift and scale. (In a *residual* net the shifts add up
+    along the unnormalised skip stream: experiment=ics uses plain nets, as
+    Santurkar et al. used VGG; results/cpu/README.md has the measurements.)
+
+    All draws come from torch's global generator (seeded by train.seed), in
+    training mode only. The gradient flows through x only (dout/dx = s).
     """
 
-    def __init__(self, noise_mean: float, noise_scale: float, noise_jitter: float = 0.25) -> None:
+    def __init__(self, noise_mean: float, noise_scale: float, noise_jitter: float) -> None:
         super().__init__()
         self.noise_mean = noise_mean
         self.noise_scale = noise_scale
@@ -96,9 +106,10 @@ class ActivationNoise(nn.Module):
         if self.noise_jitter == 0:
             return x * sigma + mu
         j = self.noise_jitter
-        s = sigma * (1 + j * torch.empty_like(x).uniform_(-0.5, 0.5))
-        m = mu + j * sigma * torch.randn_like(x)
-        return x * s + m
+        # From u, u' ~ U(0, 1): s = sigma (1 - j/2) + u sigma j and
+        # m = mu - j sigma sqrt(12) / 2 + u' j sigma sqrt(12), per channel affines.
+        m_scale = sigma * (j * _SQRT12)
+        return _JitterFn.apply(x, sigma * j, sigma * (1 - 0.5 * j), m_scale, mu - 0.5 * m_scale)
 
     def extra_repr(self) -> str:
         return (
@@ -115,7 +126,7 @@ class NoisyBatchNorm2d(nn.BatchNorm2d):
         channels: int,
         noise_mean: float,
         noise_scale: float,
-        noise_jitter: float = 0.25,
+        noise_jitter: float,
         **bn: object,
     ) -> None:
         super().__init__(channels, **bn)  # type: ignore[arg-type]
@@ -128,6 +139,50 @@ class NoisyBatchNorm2d(nn.BatchNorm2d):
 # ----------------------------------------------------------------------------- ghost BN
 
 
+def group_batch_norm(
+    x: torch.Tensor,
+    group: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalise each run of ``group`` consecutive samples of ``x`` by its own statistics.
+
+    Each group's output is exactly what ``nn.BatchNorm2d`` in training mode gives
+    for that group alone (per-channel mean and biased variance over group x H x W
+    values), then the affine. ``x.shape[0]`` must be a multiple of ``group``.
+    Returns the output and each group's per-channel mean and *unbiased* variance,
+    shape (groups, C) in float32 -- what BN's running averages are made of.
+
+    One call of torch's fused kernel for all the groups, instead of one per group:
+    the groups are folded into the channel dimension, (k*g, C, H, W) ->
+    (g, k*C, H, W), so channel c of group i is channel i*C + c of the fold. The
+    kernel's running-statistics update with momentum 1 and fresh buffers yields the
+    groups' statistics at no extra pass.
+    """
+    n, c = x.shape[0], x.shape[1]
+    if group < 1 or n % group != 0:
+        raise ValueError(f"{n} samples do not split into groups of {group}")
+    k = n // group
+    rest = x.shape[2:]
+    folded = x.view(k, group, c, *rest).transpose(0, 1).reshape(group, k * c, *rest)
+    means = torch.zeros(k * c, dtype=torch.float32, device=x.device)
+    variances = torch.ones(k * c, dtype=torch.float32, device=x.device)
+    w = weight.repeat(k) if weight is not None else None
+    b = bias.repeat(k) if bias is not None else None
+    y = F.batch_norm(folded, means, variances, w, b, True, 1.0, eps)
+    # Back to (k*g, C, ...) in x's memory format (channels_last stays channels_last).
+    out = y.view(group, k, c, *rest).transpose(0, 1).reshape(n, c, *rest)
+    out = out.contiguous(memory_format=_memory_format(x))
+    return out, means.view(k, c), variances.view(k, c)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class GhostBatchNorm2d(nn.BatchNorm2d):
     """Ghost BatchNorm (Hoffer et al. 2017): BN over sub-batches of ``virtual_batch``.
 
@@ -135,7 +190,9 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     samples (a last, smaller chunk when the batch size is not a multiple --
     only the final partial batch of an epoch; ``validate`` requires
     data.batch_size to be a multiple), and each chunk is normalised by its own
-    statistics, exactly as ``nn.BatchNorm2d`` would normalise that chunk alone.
+    statistics, exactly as ``nn.BatchNorm2d`` would normalise that chunk alone
+    (``group_batch_norm``: all chunks in one kernel call). At virtual_batch=2 a
+    channel's variance is over 2 samples x H x W pixels.
     The running statistics are updated once per step, with the momentum, from
     the chunk-size-weighted average of the chunks' mean and (unbiased) variance.
     Eval: the running statistics, as BN. A chunk as large as the batch is BN.
@@ -150,23 +207,27 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.shape[0] <= self.virtual_batch:
             return super().forward(x)
-        chunks = x.split(self.virtual_batch)
-        # No running buffers passed: each chunk is normalised by its own statistics.
-        out = [
-            F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps) for c in chunks
-        ]
+        g = self.virtual_batch
+        full = x.shape[0] // g * g
+        out, means, variances = group_batch_norm(x[:full], g, self.weight, self.bias, self.eps)
+        sizes = [g] * means.shape[0]
+        if full < x.shape[0]:  # the uneven last chunk, on its own
+            last, m, v = group_batch_norm(
+                x[full:], x.shape[0] - full, self.weight, self.bias, self.eps
+            )
+            out = torch.cat([out, last])
+            means, variances = torch.cat([means, m]), torch.cat([variances, v])
+            sizes.append(x.shape[0] - full)
         if self.track_running_stats:
-            self._update_running_stats(chunks)
-        return torch.cat(out)
+            self._update_running_stats(means, variances, sizes)
+        return out
 
     @torch.no_grad()
-    def _update_running_stats(self, chunks: tuple[torch.Tensor, ...]) -> None:
-        sizes = torch.tensor(
-            [c.shape[0] for c in chunks], dtype=torch.float32, device=chunks[0].device
-        )
-        weights = (sizes / sizes.sum()).unsqueeze(1)
-        means = torch.stack([c.float().mean(dim=(0, 2, 3)) for c in chunks])
-        variances = torch.stack([c.float().var(dim=(0, 2, 3), unbiased=True) for c in chunks])
+    def _update_running_stats(
+        self, means: torch.Tensor, variances: torch.Tensor, sizes: list[int]
+    ) -> None:
+        weights = torch.tensor(sizes, dtype=torch.float32, device=means.device)
+        weights = (weights / weights.sum()).unsqueeze(1)
         self.num_batches_tracked.add_(1)
         momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_mean.lerp_((weights * means).sum(0), momentum)
@@ -244,123 +305,24 @@ def _c(v: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, 1, 1)
 
 
-# ----------------------------------------------------------------------------- builders
-
-
-def _bn_kwargs(cfg: NormConfig) -> dict[str, object]:
-    # getattr with a default: ghost_bn has no track_running_stats key (always tracked).
-    return {
-        "eps": cfg.eps,
-        "momentum": cfg.momentum,
-        "affine": cfg.affine,
-        "track_running_stats": getattr(cfg, "track_running_stats", True),
-    }
-
-
-def _batch_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    return nn.BatchNorm2d(channels, **_bn_kwargs(cfg))  # type: ignore[arg-type]
-
-
-def _noisy_batch_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    return NoisyBatchNorm2d(
-        channels, cfg.noise_mean, cfg.noise_scale, cfg.noise_jitter, **_bn_kwargs(cfg)
-    )
-
-
-def _noise_only(cfg: NormConfig, channels: int) -> nn.Module:
-    return ActivationNoise(cfg.noise_mean, cfg.noise_scale, cfg.noise_jitter)
-
-
-def _ghost_batch_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    return GhostBatchNorm2d(channels, cfg.virtual_batch, **_bn_kwargs(cfg))
-
-
-def _batch_renorm(cfg: NormConfig, channels: int) -> nn.Module:
-    return BatchRenorm2d(
-        channels,
-        cfg.r_max,
-        cfg.d_max,
-        cfg.warmup_steps,
-        eps=cfg.eps,
-        momentum=cfg.momentum,
-        affine=cfg.affine,
-    )
-
-
-def _no_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    # An Identity (not a missing attribute) keeps every block's layout and
-    # module names the same across kinds, so probes and hooks need no cases.
-    return nn.Identity()
-
-
-def _group_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    if channels % cfg.groups != 0:
-        raise ValueError(
-            f"norm.groups={cfg.groups} does not divide {channels} channels; "
-            "GroupNorm needs a group count that divides every layer's width"
-        )
-    return nn.GroupNorm(cfg.groups, channels, eps=cfg.eps, affine=cfg.affine)
-
-
-def _layer_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    # LayerNorm for conv nets normalises each sample over (C, H, W): one group.
-    # nn.LayerNorm would need the spatial size at build time and would learn a
-    # per-pixel affine, which is not what the LayerNorm baseline in the BN/GN
-    # literature (Wu & He 2018) means.
-    return nn.GroupNorm(1, channels, eps=cfg.eps, affine=cfg.affine)
-
-
-def _instance_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    # One group per channel: each (sample, channel) map normalised over (H, W),
-    # with a per-channel affine -- nn.InstanceNorm2d(affine=True) without its
-    # (off by default) running statistics, and one code path with GN/LN.
-    return nn.GroupNorm(channels, channels, eps=cfg.eps, affine=cfg.affine)
-
-
-def _weight_norm(layer: nn.Module) -> nn.Module:
-    # dim=0: one g per output channel (conv) or output unit (linear).
-    return parametrizations.weight_norm(layer, name="weight", dim=0)
-
-
-NORMS: dict[str, NormSpec] = {
-    "bn": NormSpec(_batch_norm, conv_bias=False),
-    "none": NormSpec(_no_norm, conv_bias=True),
-    "gn": NormSpec(_group_norm, conv_bias=False),
-    "ln": NormSpec(_layer_norm, conv_bias=False),
-    "bn_noisy": NormSpec(_noisy_batch_norm, conv_bias=False),
-    # Noise without BN: its shift is not learned, so the convs keep their biases.
-    "none_noisy": NormSpec(_noise_only, conv_bias=True),
-    "ghost_bn": NormSpec(_ghost_batch_norm, conv_bias=False),
-    "batch_renorm": NormSpec(_batch_renorm, conv_bias=False),
-    "in": NormSpec(_instance_norm, conv_bias=False),
-    "weight_norm": NormSpec(_no_norm, conv_bias=True, wrap_layer=_weight_norm),
-}
-
 # The layer types ``initialize`` resets to weight 1, bias 0, and whose affine
 # parameters ``train.only_bn`` trains. The BN variants subclass BatchNorm2d.
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.GroupNorm)
 
 
-def _spec(kind: str) -> NormSpec:
-    try:
-        return NORMS[kind]
-    except KeyError:
-        raise ValueError(f"unknown norm kind {kind!r}; known kinds: {', '.join(NORMS)}") from None
-
-
 def make_norm(cfg: NormConfig, channels: int) -> nn.Module:
     """The normalisation layer ``cfg.kind`` for ``channels`` feature maps."""
-    return _spec(cfg.kind).build(cfg, channels)
+    return norm_kind(cfg.kind).build(cfg, channels)
 
 
 def conv_needs_bias(cfg: NormConfig) -> bool:
     """True only when the norm does not follow the conv with its own shift."""
-    return _spec(cfg.kind).conv_bias
+    return norm_kind(cfg.kind).conv_bias
 
 
 def wrap_layers(cfg: NormConfig, net: nn.Module) -> nn.Module:
     """Apply the kind's reparametrisation (if any) to every Conv2d/Linear of ``net``, in place."""
-    wrap = _spec(cfg.kind).wrap_layer
+    wrap = norm_kind(cfg.kind).wrap_layer
     if wrap is not None:
         for module in list(net.modules()):
             if isinstance(module, (nn.Conv2d, nn.Linear)):

@@ -25,8 +25,20 @@ conv bias per output channel instead. ``norm=weight_norm`` has norm=none's
 count plus one g per output channel of every conv and linear layer, i.e. BN's
 count + num_classes (269,732 for depth 20).
 
-``model.init=fixup`` adds 5 scalars per block plus 2 (a bias after the stem
-conv and one before the head); ``model.init=skipinit`` adds 1 scalar per block.
+``model.init=fixup`` (Zhang et al. 2019, as in their reference CIFAR code) has
+no conv biases and no norm parameters: the conv weights, the head, and 5 scalars
+per block plus 2 (a bias after the stem conv and one before the head). Its counts
+equal those of the reference's ``fixup_resnet20`` ... ``fixup_resnet110``:
+
+    depth   Fixup parameters
+    20        268,393
+    32        461,959
+    44        655,525
+    56        849,091
+    110     1,720,138
+
+``model.init=skipinit`` (De & Smith 2020) keeps norm=none's conv biases and adds
+1 scalar per block.
 
 Names are stable for probes and conv+norm folding: the stem is ``conv1``,
 ``norm1``, ``relu1``; every block has ``conv1``, ``norm1``, ``relu1``,
@@ -40,13 +52,10 @@ from functools import partial
 import torch
 from torch import nn
 
-from bnlab.config import ModelConfig, NormConfig
-from bnlab.models.blocks import BasicBlock, conv3x3
+from bnlab.config import RESIDUAL_INITS, ModelConfig, NormConfig
+from bnlab.models.blocks import BasicBlock, conv3x3, conv_bias
 from bnlab.models.init import initialize
-from bnlab.models.norms import conv_needs_bias, make_norm, wrap_layers
-
-# model.init values that add scalar parameters to the residual branches.
-RESIDUAL_INITS = ("fixup", "skipinit")
+from bnlab.models.norms import make_norm, wrap_layers
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -76,7 +85,7 @@ class CifarResNet(nn.Module):
         self.depth = depth
         self.residual = residual
 
-        self.conv1 = conv3x3(in_channels, width, 1, conv_needs_bias(norm))
+        self.conv1 = conv3x3(in_channels, width, 1, conv_bias(norm, branch_scalars))
         self.norm1 = make_norm(norm, width)
         self.relu1 = nn.ReLU()
         stage = partial(self._stage, norm=norm, residual=residual, branch_scalars=branch_scalars)

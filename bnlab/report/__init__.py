@@ -1,12 +1,21 @@
 """`bnlab report`: run folders -> tidy tables -> one verdict per claim -> figures + report.
 
-load.py     runs folder -> RunTables (one row per run, one per epoch, warnings)
-select.py   which runs a claim compares (config values, one setting)
-stats.py    seeds -> mean/std/n, and when a difference counts
-claims.py   one function per claim, each with its rule as its docstring
-mechanisms.py  the same for why BN helps: ICS, landscape, small-batch alternatives, depth
-sections.py every section in report order, and every figure
-plots.py, mechanism_plots.py  one matplotlib figure per claim or section (PNG + SVG)
+core.py     verdicts, Rule (versioned), Verdict rows, Finding -> ClaimResult, the
+            registry of sections, superseded rule versions and figures
+load.py     runs folder -> RunTables (one row per run, one per epoch, probes, warnings)
+select.py   which runs a section compares (config values, one setting), arm labels
+arms.py     BN and the no-BN arms it is compared with; selecting and measuring them
+intervals.py  seeds -> means with 95% intervals, effects (Welch), the decision rule
+points.py   grid points: a run's accuracy, looking points up by norm or arm, pivots
+cells.py    numbers and table cells as the report prints them
+claims.py   the seven claims and the norms table, one registered function each
+mechanisms.py  the same for why BN helps: ICS, landscape, small-batch alternatives, why
+            BN degrades at small batch, depth without BN
+probe_maths.py  per-run quantities from probes.csv (distribution shift, ICS, landscape)
+superseded.py   the earlier rule versions, still decided and shown beside (stats.py is
+            their noise rule)
+sections.py imports the sections and figures, so they register, in report order
+figure_kit.py, plots.py, mechanism_plots.py  figure styles/helpers; one figure each
 render.py   report.md, standalone report.html, runs.csv, epochs.csv
 publish.py  build in a staging folder, then move into place
 """
@@ -17,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnlab.errors import BnlabError
-from bnlab.report.claims import ClaimResult
+from bnlab.report.core import ClaimResult
 from bnlab.report.load import load_runs
 from bnlab.report.publish import publish
 from bnlab.report.render import OWNED, write_report

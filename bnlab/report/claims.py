@@ -1,843 +1,801 @@
-"""One function per claim: select its runs, aggregate seeds, apply a written rule.
+"""The seven claims, and the normalisers side by side: one registered function each.
 
-Each function takes the tidy tables (runs, epochs) and returns a ClaimResult.
-Its docstring *is* the decision rule shown in the report (formatted with the
-constants below), so the rule in words and the rule in code sit side by side.
+Each claim compares BN with no-BN arms that train -- Fixup (Zhang et al. 2019) and
+SkipInit (De & Smith 2020) -- and, as a third, "naive" line, the He-init net without
+normalisation. Every comparison is a `Verdict` row of its own ("vs Fixup", ...), decided
+by `intervals.judge` from seeds: an effect with its 95% interval against the minimum
+effect the rule states; fewer than 3 seeds is exploratory and never decides. A
+comparison against an arm that never trains (best mean accuracy below {trains}) says
+nothing and is INCONCLUSIVE. The section's headline is `core.overall` of its rows.
 
-Accuracies are fractions internally; `numbers` gives them in % and differences
-in percentage points (pp), with the unit in the key name.
+The rules were written, and tested on synthetic stores, before the runs they judge
+(rule version 3 for lr/convergence/batch, 2 for the others; the earlier versions stay
+computable in bnlab.report.superseded and are shown beside).
+
+Accuracies are fractions internally; `numbers` gives them in % and differences in
+percentage points (pp), with the unit in the key name.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bnlab.report.select import STANDARD, Setting, arm_labels, linear_lr, select
-from bnlab.report.stats import (
-    EQUAL,
-    GREATER,
-    LESS,
-    MIN_MARGIN,
-    UNRESOLVED,
-    Comparison,
-    aggregate,
-    all_of,
-    any_of,
-    compare,
-    verdict_of,
+from bnlab.report.arms import (
+    AGAINST,
+    BN,
+    NO_BN_ARMS,
+    STATISTICS_BATCH,
+    TRAINS_AT,
+    at_own_lr,
+    estimate_at,
+    in_pp,
+    never_trains,
+    select_arms,
+    statistics_batch_runs,
 )
+from bnlab.report.cells import ci_cells, ci_table, num_ci, pct, pct_ci, pp_ci, round2
+from bnlab.report.core import (
+    DESCRIPTIVE,
+    Finding,
+    Rule,
+    Verdict,
+    no_data,
+    overall,
+    section,
+)
+from bnlab.report.intervals import (
+    MIN_SEEDS,
+    contrast,
+    difference,
+    estimate,
+    point_table,
+    verdict_row,
+)
+from bnlab.report.load import RunTables
+from bnlab.report.points import CHANCE_ACC, pivot, with_acc
+from bnlab.report.probe_maths import bn_eval_long
+from bnlab.report.select import STANDARD, arm_labels, linear_lr, select
 
 # ----------------------------------------------------------------------------- constants
 
-CHANCE_ACC = 0.1  # 10 classes: a diverged run scores chance wherever accuracy is averaged
-LR_TRAINS_MARGIN = 0.05  # an lr "trains" if its mean accuracy is within 5 pp of the norm's best
-# ... and clearly above chance: a net stuck near 10% is within 5 pp of its own best
-# when its best is chance too, yet it does not train (seen with norm=none at CPU scale).
-LR_LEARNS_ABOVE_CHANCE = 0.10
-CONV_TARGET_FRACTION = 0.9  # target = 90% of the lower of BN's and none's best accuracy
-CONV_MIN_EPOCHS = 0.5  # epochs are whole numbers: any 1-epoch difference counts at one seed
-CONV_CURVE_LR = 0.1  # the lr whose training curves are drawn (nearest shared one)
+LR_TRAINS_MARGIN = 0.05  # an lr trains for a seed: within 5 pp of its arm's best mean
+LR_MIN_FACTOR = 2.0  # the lr claim needs BN's largest lr at least 2x the arm's
+DEPTH_MIN_PP = 2.0  # the arm loses at least 2 pp more than BN from depth 20 to the deepest
+CONV_TARGET_FRACTION = 0.9  # target: 90% of the lower of the two arms' best accuracies
+CONV_MIN_EPOCHS = 0.5
+INIT_MIN_PP = 2.0  # the arm's spread over init scales exceeds BN's by at least 2 pp
+REG_MIN_PP = 1.0  # BN's gap at matched training loss is at least 1 pp smaller
+INFERENCE_MIN_PP = 1.0
+BATCH_MIN_PP = 1.0  # BN with 128-sample statistics beats its smallest-g twin by 1 pp
+INFERENCE_EVAL_BATCH = 2  # the eval batch whose own statistics BN is judged with
 
-SUPPORTED, NOT_SUPPORTED = "SUPPORTED", "NOT SUPPORTED"
-INCONCLUSIVE, NO_DATA = "INCONCLUSIVE", "NO DATA"
-DESCRIPTIVE = "DESCRIPTIVE"  # the norms section compares, it tests no claim
-VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NO_DATA, DESCRIPTIVE)
-
-NORM_ORDER = ("bn", "gn", "ln", "none")
 # The ICS study's noise injections: instruments, not normalisers for the norms table.
 NOISE_DEVICES = ("bn_noisy", "none_noisy")
-BN_NONE = ("bn", "none")
-MODEL = {
-    k: STANDARD[k] for k in ("model.depth", "model.residual", "model.init", "model.init_scale")
-}
 
-
-def _without(*keys: str) -> dict[str, Any]:
-    return {k: v for k, v in STANDARD.items() if k not in keys}
-
-
-# The margins as the rules quote them.
 RULE_VALUES = {
-    "floor": f"{100 * MIN_MARGIN:g} pp",
-    "lr_margin": f"{100 * LR_TRAINS_MARGIN:g} pp",
-    "learns": f"{100 * (CHANCE_ACC + LR_LEARNS_ABOVE_CHANCE):g}%",
+    "trains": f"{100 * TRAINS_AT:g}%",
     "chance": f"{100 * CHANCE_ACC:g}%",
+    "seeds": f"{MIN_SEEDS}",
+    "lr_margin": f"{100 * LR_TRAINS_MARGIN:g} pp",
+    "lr_factor": f"{LR_MIN_FACTOR:g}x",
+    "depth_min": f"{DEPTH_MIN_PP:g} pp",
     "target": f"{100 * CONV_TARGET_FRACTION:g}%",
     "min_epochs": f"{CONV_MIN_EPOCHS:g}",
-    "curve_lr": f"{CONV_CURVE_LR:g}",
+    "init_min": f"{INIT_MIN_PP:g} pp",
+    "reg_min": f"{REG_MIN_PP:g} pp",
+    "inference_min": f"{INFERENCE_MIN_PP:g} pp",
+    "batch_min": f"{BATCH_MIN_PP:g} pp",
+    "eval_batch": f"{INFERENCE_EVAL_BATCH}",
 }
-NOISE = (
-    "A difference counts when it exceeds the margin: the root-sum-square of the seed "
-    "standard deviations of the means it compares, and at least {floor} (also the noise "
-    "assumed at a single seed). Inside the margin it is 'equal' when the margin is "
-    "{floor} and 'unresolved' when seed spread widened it."
+# Every versioned rule of this module ends with the shared decision rule.
+DECISION = (
+    "Each comparison is decided from seeds: the effect's 95% interval (Student t; "
+    "Welch-Satterthwaite for effects combining several points) must exclude zero in "
+    "the claimed direction and the effect reach the stated minimum for SUPPORTED; an "
+    "interval wholly below the minimum is NOT SUPPORTED; anything else, or fewer than "
+    "{seeds} seeds in a group (exploratory: drawn, never deciding), or an arm that "
+    "never trains (best mean below {trains}), is INCONCLUSIVE. The headline is the "
+    "comparisons' common verdict, MIXED when some are SUPPORTED and others NOT "
+    "SUPPORTED."
 ).format(**RULE_VALUES)
+RULE_VALUES["decision"] = DECISION
 
 
-# Claims whose verdict compares accuracies with the shared noise rule (stats.compare);
-# lr uses its own tolerance and convergence a margin in epochs, both in their rules.
-ACCURACY_MARGIN_CLAIMS = ("depth", "init", "regularization", "batch", "inference")
+# ----------------------------------------------------------------------------- lr
 
 
-@dataclass
-class ClaimResult:
-    key: str
-    title: str
-    claim: str
-    verdict: str  # one of VERDICTS
-    rule: str
-    numbers: dict[str, Any]  # the figures that decided the verdict
-    evidence: pd.DataFrame  # formatted for the report's table
-    figures: list[str]  # keys of bnlab.report.plots.FIGURES
-    setting: Setting | None = None  # dataset, preset, scale of the runs used
-    notes: list[str] = field(default_factory=list)  # runs left out and why
-    data: dict[str, pd.DataFrame] = field(default_factory=dict)  # numeric points for plots
-
-
-Claim = Callable[[pd.DataFrame, pd.DataFrame], ClaimResult]
-Fn = TypeVar("Fn", bound=Callable[..., ClaimResult])
-
-TEXT = {
-    "lr": ("Learning rate", "BN allows higher learning rates."),
-    "depth": ("Depth", "BN makes deep networks trainable."),
-    "convergence": ("Convergence speed", "BN speeds up convergence."),
-    "init": ("Initialisation", "BN reduces sensitivity to the weight initialisation scale."),
-    "regularization": ("Regularisation", "BN regularises mildly."),
-    "batch": (
-        "Batch size",
-        "BN degrades at small batch sizes; GroupNorm and LayerNorm do not.",
+@section(
+    "lr",
+    "Learning rate",
+    "BN allows higher learning rates.",
+    Rule(
+        """
+        Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, any optim.lr;
+        arms bn, fixup, skipinit and none (He init, the naive line). For each arm, its best
+        lr is the one with the highest mean final test accuracy (a diverged run counting
+        as chance, {chance}). For each seed, its largest lr that trains is the largest lr
+        tried with every arm compared at which that seed's run did not diverge, reached
+        {trains} and came within {lr_margin} of its arm's best mean. The effect against an
+        arm is log2 of BN's largest lr over the arm's (mean over seeds of log2 lr: the
+        ratio of geometric means), minimum log2 {lr_factor} = 1. INCONCLUSIVE as well when
+        fewer than 3 learning rates were tried with both, when a seed of BN trains at the
+        largest lr tried and the effect is not already SUPPORTED, or when a seed of the arm
+        does and the effect is not already NOT SUPPORTED (the grid stops before the limit).
+        {decision}
+        """,
+        RULE_VALUES,
+        version=3,
     ),
-    "inference": (
-        "Inference statistics",
-        "BN needs its running averages at inference: normalising with the statistics of "
-        "small eval batches costs accuracy.",
-    ),
-    "norms": (
-        "Normalisers side by side",
-        "BN, GroupNorm, LayerNorm, no normalisation, and any other norm kind found.",
-    ),
-}
-
-
-def rule_filler(values: dict[str, str]) -> Callable[[Fn], Fn]:
-    """A decorator filling `values` into the docstring, which the report shows as the rule."""
-
-    def fill(fn: Fn) -> Fn:
-        fn.__doc__ = (fn.__doc__ or "").format(**values)
-        return fn
-
-    return fill
-
-
-_rule = rule_filler(RULE_VALUES)
-
-
-def rule_text(fn: Callable[..., ClaimResult]) -> str:
-    """The docstring after its first line, as one paragraph."""
-    body = inspect.cleandoc(fn.__doc__ or "").split("\n", 1)
-    return " ".join(body[1].split()) if len(body) > 1 else ""
-
-
-def _result(fn: Claim, key: str, verdict: str, **kw: Any) -> ClaimResult:
-    return make_result(fn, key, TEXT[key], verdict, key in ACCURACY_MARGIN_CLAIMS, **kw)
-
-
-def make_result(
-    fn: Callable[..., ClaimResult],
-    key: str,
-    text: tuple[str, str],
-    verdict: str,
-    noise: bool,
-    **kw: Any,
-) -> ClaimResult:
-    """A section's result: its (title, claim) text, its rule from `fn`'s docstring,
-    followed by the shared noise rule when the verdict compares accuracies (`noise`)."""
-    title, claim = text
-    rule = rule_text(fn)
-    if noise:
-        rule = f"{rule} {NOISE}"
-    kw.setdefault("numbers", {})
-    kw.setdefault("evidence", pd.DataFrame())
-    kw.setdefault("figures", [])
-    return ClaimResult(key=key, title=title, claim=claim, verdict=verdict, rule=rule, **kw)
-
-
-# ----------------------------------------------------------------------------- claims
-
-
-@_rule
-def lr_claim(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
-    """BN allows higher learning rates.
-
-    Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, norm bn or none,
-    any optim.lr. Only learning rates tried with both norms count. An lr "trains" for a
-    norm when no seed diverged there, its mean final test accuracy is at least {learns}
-    (clearly above chance) and within {lr_margin} of that norm's best mean. SUPPORTED
-    if BN's largest lr that trains is larger than none's; NOT SUPPORTED if it is not
-    larger. INCONCLUSIVE with fewer than 2 shared learning rates, when neither norm
-    trains at any, or when both train at the largest lr tried (the grid stops before
-    the limit).
-    """
-    sel, setting, notes = select(runs, _without("optim.lr"), BN_NONE)
-    if sel.empty:
-        return _result(lr_claim, "lr", NO_DATA, notes=notes)
-    sel = sel.assign(diverged=sel["status"].eq("diverged"))
-    keys = ["norm.kind", "optim.lr"]
-    counts = sel.groupby(keys).agg(runs=("run_id", "size"), diverged=("diverged", "sum"))
-    accs = aggregate(sel[~sel["diverged"]], keys, "test_acc")
-    pts = counts.reset_index().merge(accs, on=keys, how="left")
-    shared = sorted(_values(pts, "bn", "optim.lr") & _values(pts, "none", "optim.lr"))
-    pts["trains"] = np.nan
-    numbers: dict[str, Any] = {"shared_lrs": shared}
-    largest: dict[str, float | None] = {}
-    for norm in BN_NONE:
-        rows = pts["norm.kind"].eq(norm) & pts["optim.lr"].isin(shared)
-        clean = pts[rows & pts["diverged"].eq(0)]
-        best = clean["mean"].max() if not clean.empty else math.nan
-        learns = pts["mean"] >= CHANCE_ACC + LR_LEARNS_ABOVE_CHANCE
-        trains = rows & pts["diverged"].eq(0) & learns & (pts["mean"] >= best - LR_TRAINS_MARGIN)
-        pts.loc[rows, "trains"] = trains[rows].astype(float)
-        good = pts.loc[trains, "optim.lr"]
-        largest[norm] = float(good.max()) if not good.empty else None
-        numbers[f"{norm}_largest_trainable_lr"] = largest[norm]
-        numbers[f"{norm}_best_acc_pct"] = _pct(best)
-    if len(shared) < 2:
-        verdict = INCONCLUSIVE
-        notes.append(f"needs at least 2 learning rates tried with both norms, found {shared}")
-    elif largest["bn"] is None and largest["none"] is None:
-        verdict = INCONCLUSIVE
-        notes.append("neither norm trains at any shared learning rate")
-    elif largest["bn"] == largest["none"] == max(shared):
-        verdict = INCONCLUSIVE
-        notes.append(f"both norms train at the largest lr tried ({max(shared):g}): extend the grid")
-    else:
-        verdict = SUPPORTED if (largest["bn"] or 0.0) > (largest["none"] or 0.0) else NOT_SUPPORTED
+    figures=("lr_accuracy",),
+)
+def lr_claim(tables: RunTables) -> Finding:
+    sel, setting, notes = select_arms(tables.runs, ["optim.lr"], (BN, *NO_BN_ARMS))
+    if sel.empty or BN not in set(sel["arm"]):
+        return no_data(notes)
+    pts = point_table(sel, ["arm", "optim.lr"], "acc")
+    pts["diverged"] = _per_point(sel, ["arm", "optim.lr"], "diverged", pts, "sum")
+    best = {a: float(p["mean"].max()) for a, p in pts.groupby("arm")}
+    best_lr = {a: float(p.loc[p["mean"].idxmax(), "optim.lr"]) for a, p in pts.groupby("arm")}
+    numbers: dict[str, Any] = {f"{a}_best_lr": best_lr[a] for a in best_lr}
+    numbers |= {f"{a}_best_acc_pct": pct(best[a]) for a in best}
+    rows: list[Verdict] = []
+    largest_by_arm: dict[str, dict[int, float]] = {}
+    for arm in [a for a in NO_BN_ARMS if a in best]:
+        lrs = sorted(
+            set(sel.loc[sel["arm"].eq(BN), "optim.lr"])
+            & set(sel.loc[sel["arm"].eq(arm), "optim.lr"])
+        )
+        both = sel[sel["optim.lr"].isin(lrs)]
+        largest = {a: _largest_trainable(both[both["arm"].eq(a)], best[a]) for a in (BN, arm)}
+        largest_by_arm |= {a: largest[a] for a in (BN, arm)}
+        if len(lrs) < 3:
+            rows.append(
+                verdict_row(
+                    AGAINST[arm],
+                    None,
+                    1.0,
+                    "log2 lr",
+                    f"needs 3 learning rates tried with both, found {len(lrs)}",
+                )
+            )
+            continue
+        if best[arm] < TRAINS_AT:
+            rows.append(verdict_row(AGAINST[arm], None, 1.0, "log2 lr", never_trains(best[arm])))
+            continue
+        logs = {a: estimate(math.log2(v) for v in largest[a].values() if v > 0) for a in (BN, arm)}
+        effect = difference(logs[BN], logs[arm])
+        row = verdict_row(AGAINST[arm], effect, 1.0, "log2 lr")
+        top = max(lrs)
+        bn_capped = any(v == top for v in largest[BN].values())
+        arm_capped = any(v == top for v in largest[arm].values())
+        if (bn_capped and row.verdict != "SUPPORTED") or (
+            arm_capped and row.verdict != "NOT SUPPORTED"
+        ):
+            row = verdict_row(
+                AGAINST[arm],
+                effect,
+                1.0,
+                "log2 lr",
+                f"a seed trains at the largest lr tried ({top:g}): extend the grid",
+            )
+        rows.append(row)
+        numbers[f"bn_over_{arm}_largest_lr_factor"] = round2(2**effect.value)
+    numbers |= {
+        f"{a}_largest_lr_per_seed": [largest_by_arm[a][s] for s in sorted(largest_by_arm[a])]
+        for a in largest_by_arm
+    }
     evidence = pd.DataFrame(
         {
-            "norm": pts["norm.kind"],
+            "arm": pts["arm"],
             "lr": pts["optim.lr"].map(lambda v: f"{v:g}"),
-            "diverged": [f"{d}/{r}" for d, r in zip(pts["diverged"], pts["runs"], strict=True)],
-            "test acc % (not diverged)": _acc_cells(pts),
-            "trains": pts["trains"].map(_yes_no),
+            "diverged": [
+                f"{int(d)}/{int(n)}" for d, n in zip(pts["diverged"], pts["n"], strict=True)
+            ],
+            "test acc % [95% CI]": ci_cells(pts),
         }
     )
-    return _result(
-        lr_claim,
-        "lr",
-        verdict,
-        numbers=numbers,
-        evidence=evidence,
-        figures=["lr_accuracy"],
-        setting=setting,
-        notes=notes,
-        data={"points": pts},
+    return Finding(
+        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
     )
 
 
-@_rule
-def depth_claim(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
-    """BN makes deep networks trainable.
+def _largest_trainable(runs: pd.DataFrame, best: float) -> dict[int, float]:
+    """Per seed: the largest lr whose run trains (0 when none does)."""
+    out: dict[int, float] = {}
+    ok = runs[
+        ~runs["diverged"] & (runs["acc"] >= TRAINS_AT) & (runs["acc"] >= best - LR_TRAINS_MARGIN)
+    ]
+    for seed in sorted(set(runs["train.seed"])):
+        lrs = ok.loc[ok["train.seed"].eq(seed), "optim.lr"]
+        out[int(seed)] = float(lrs.max()) if not lrs.empty else 0.0
+    return out
 
-    Runs: init scale 1, augmentation, batch 128, lr 0.1, norm bn or none, any depth,
-    residual and plain. Final test accuracy, a diverged run counting as chance
-    ({chance}), mean over seeds. For each architecture (plain, residual) with at least 2
-    depths tried with both norms, compare BN with none at its deepest such depth.
-    SUPPORTED if BN is ahead there for at least one architecture and behind for neither;
-    NOT SUPPORTED if behind for one and ahead for none, or equal for all; INCONCLUSIVE
-    if it is ahead in one and behind in the other, or unresolved, or no architecture
-    has 2 depths.
-    """
-    fixed = _without("model.depth", "model.residual")
-    sel, setting, notes = select(runs, fixed, BN_NONE)
-    if sel.empty:
-        return _result(depth_claim, "depth", NO_DATA, notes=notes)
-    keys = ["model.residual", "model.depth", "norm.kind"]
-    pts = aggregate(_with_acc(sel), keys, "acc")
+
+def _per_point(
+    per_run: pd.DataFrame, keys: list[str], column: str, pts: pd.DataFrame, how: str
+) -> np.ndarray:
+    agg = per_run.groupby(keys, dropna=False)[column].agg(how).rename(column).reset_index()
+    return pts[keys].merge(agg, on=keys, how="left")[column].to_numpy()
+
+
+# ----------------------------------------------------------------------------- depth
+
+
+@section(
+    "depth",
+    "Depth",
+    "BN makes deep networks trainable.",
+    Rule(
+        """
+        Runs: ResNets of any depth, residual and plain, init scale 1, augmentation, batch
+        128; arms bn, fixup, skipinit (residual only: they scale residual branches) and
+        none (He init). Each arm at its own lr: the lr with the best mean final test
+        accuracy at depth 20 among those tried at depth 20 and at the deepest depth tried
+        with that arm. Final test accuracy, a diverged run counting as chance ({chance}).
+        An arm's depth cost is its accuracy at depth 20 minus at the deepest depth both it
+        and BN were tried at (in the same architecture). The effect against an arm is the
+        arm's depth cost minus BN's (pp, from the four points), minimum {depth_min}: BN
+        makes depth trainable where the arm loses more with depth. An arm that does not
+        train at depth 20 has no depth cost to measure (INCONCLUSIVE). {decision}
+        """,
+        RULE_VALUES,
+        version=2,
+    ),
+    figures=("depth_accuracy",),
+)
+def depth_claim(tables: RunTables) -> Finding:
+    sel, setting, notes = select_arms(
+        tables.runs, ["model.depth", "model.residual", "optim.lr"], (BN, *NO_BN_ARMS)
+    )
+    if sel.empty or BN not in set(sel["arm"]):
+        return no_data(notes)
+    sel = at_own_lr(sel, notes)
+    pts = point_table(sel, ["model.residual", "arm", "model.depth"], "acc")
+    rows: list[Verdict] = []
     numbers: dict[str, Any] = {}
-    outcomes: list[str] = []
-    rows = []
-    for residual in (False, True):
+    for residual in (True, False):
         arch = "residual" if residual else "plain"
-        sub = pts[pts["model.residual"].eq(residual)]
-        shared = sorted(_values(sub, "bn", "model.depth") & _values(sub, "none", "model.depth"))
-        for depth in shared:
-            bn, none = (
-                _point(sub, "bn", depth, "model.depth"),
-                _point(sub, "none", depth, "model.depth"),
+        sub = sel[sel["model.residual"].eq(residual)]
+        bn_depths = set(sub.loc[sub["arm"].eq(BN), "model.depth"])
+        for arm in [a for a in NO_BN_ARMS if a in set(sub["arm"])]:
+            depths = sorted(bn_depths & set(sub.loc[sub["arm"].eq(arm), "model.depth"]))
+            against = f"{AGAINST[arm]} ({arch})"
+            if 20 not in depths or len(depths) < 2:
+                rows.append(
+                    verdict_row(
+                        against,
+                        None,
+                        DEPTH_MIN_PP,
+                        "pp",
+                        f"needs depth 20 and a deeper one, found {depths}",
+                    )
+                )
+                continue
+            deep = depths[-1]
+            e = {
+                (a, d): estimate_at(sub, arm=a, model__depth=d)
+                for a in (BN, arm)
+                for d in (20, deep)
+            }
+            if e[arm, 20].mean < TRAINS_AT:
+                rows.append(
+                    verdict_row(against, None, DEPTH_MIN_PP, "pp", never_trains(e[arm, 20].mean))
+                )
+                continue
+            effect = contrast(
+                [(1, e[arm, 20]), (-1, e[arm, deep]), (-1, e[BN, 20]), (1, e[BN, deep])]
             )
-            rows.append(
-                {
-                    "architecture": arch,
-                    "depth": depth,
-                    "bn acc %": _acc_cell(bn),
-                    "none acc %": _acc_cell(none),
-                    "BN - none (pp)": _pp_cell(bn["mean"] - none["mean"]),
-                }
-            )
-        if len(shared) < 2:
-            if shared or not sub.empty:
-                notes.append(f"{arch}: needs 2 depths tried with both norms, found {shared}")
-            continue
-        deep = shared[-1]
-        bn, none = _point(sub, "bn", deep, "model.depth"), _point(sub, "none", deep, "model.depth")
-        comp = compare(bn["mean"] - none["mean"], [bn["std"], none["std"]])
-        shallow = (
-            _point(sub, "bn", shared[0], "model.depth")["mean"]
-            - _point(sub, "none", shared[0], "model.depth")["mean"]
-        )
-        outcomes.append(comp.outcome)
-        numbers |= {
-            f"{arch}_deepest_depth": int(deep),
-            f"{arch}_bn_acc_pct": _pct(bn["mean"]),
-            f"{arch}_none_acc_pct": _pct(none["mean"]),
-            **_comparison(f"{arch}_bn_advantage", comp),
-            f"{arch}_bn_advantage_at_depth_{int(shared[0])}_pp": _pct(shallow),
-        }
-    verdict = any_of(outcomes) if outcomes else INCONCLUSIVE
-    return _result(
-        depth_claim,
-        "depth",
-        verdict,
-        numbers=numbers,
-        evidence=pd.DataFrame(rows),
-        figures=["depth_accuracy"],
-        setting=setting,
-        notes=notes,
-        data={"points": pts},
+            rows.append(verdict_row(against, in_pp(effect), DEPTH_MIN_PP, "pp"))
+            numbers |= {
+                f"{arch}_{arm}_depth_cost_20_to_{int(deep)}_pp": pct(
+                    e[arm, 20].mean - e[arm, deep].mean
+                ),
+                f"{arch}_bn_depth_cost_20_to_{int(deep)}_pp": pct(
+                    e[BN, 20].mean - e[BN, deep].mean
+                ),
+            }
+    arch = pts["model.residual"].map({True: "residual", False: "plain"})
+    evidence = ci_table(
+        pts.assign(architecture=arch), ["architecture", "arm"], "model.depth", "depth {:g} acc %"
+    )
+    return Finding(
+        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
     )
 
 
-@_rule
-def convergence_claim(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
-    """BN speeds up convergence.
+# ----------------------------------------------------------------------------- convergence
 
-    Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, norm bn or none,
-    any lr tried with both norms, with per-epoch metrics. At each such lr the target is
-    {target} of the lower of BN's and none's mean best test accuracy (over runs that did
-    not diverge), so it is reachable at any scale, but at least {learns} (a target at
-    chance level says nothing about convergence). An lr where no run reaches the target
-    carries no information and is left out. A run's epochs-to-target is the
-    first epoch whose test accuracy reaches it; a run that never does counts as its
-    planned epochs + 1; images = epochs x training images per epoch. SUPPORTED if BN
-    needs fewer epochs than none at every shared lr; NOT SUPPORTED if none is faster
-    or they are equal at some lr; otherwise INCONCLUSIVE. A difference in mean epochs
-    counts when it exceeds the root-sum-square of the two seed standard deviations and
-    at least {min_epochs} epoch (so one whole epoch counts at a single seed); inside
-    that it is 'equal' at the floor, else 'unresolved'. Curves are drawn at the shared
-    lr nearest {curve_lr}.
-    """
-    sel, setting, notes = select(runs, _without("optim.lr"), BN_NONE)
-    if sel.empty:
-        return _result(convergence_claim, "convergence", NO_DATA, notes=notes)
-    curves = epochs[epochs["run_id"].isin(sel["run_id"])]
+
+@section(
+    "convergence",
+    "Convergence speed",
+    "BN speeds up convergence.",
+    Rule(
+        """
+        Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, with per-epoch
+        metrics; arms bn, fixup, skipinit, none (He init). Each arm at its best lr (the
+        highest mean final test accuracy, a diverged run counting as chance). Against an
+        arm, the target is {target} of the lower of the two arms' best mean accuracies.
+        A run's epochs to target: where its per-epoch test accuracy (on the fixed
+        evaluation subset, if the runs used one) first reaches the target, interpolated
+        linearly between epochs (epoch 0 counting as chance); a run that never reaches it
+        counts as its planned epochs + 1 (censored). The effect is the arm's mean epochs
+        minus BN's, minimum {min_epochs} epoch. {decision}
+        """,
+        RULE_VALUES,
+        version=3,
+    ),
+    figures=("training_curves",),
+)
+def convergence_claim(tables: RunTables) -> Finding:
+    sel, setting, notes = select_arms(tables.runs, ["optim.lr"], (BN, *NO_BN_ARMS))
+    curves = tables.epochs[tables.epochs["run_id"].isin(sel["run_id"])]
     no_curve = ~sel["run_id"].isin(curves["run_id"])
     if no_curve.any():
         notes.append(f"left out {int(no_curve.sum())} run(s) without metrics.csv")
         sel = sel[~no_curve]
-    shared = sorted(_values(sel, "bn", "optim.lr") & _values(sel, "none", "optim.lr"))
-    numbers: dict[str, Any] = {"shared_lrs": shared}
-    outcomes: list[str] = []
-    rows: list[dict[str, Any]] = []
-    targets: dict[float, float] = {}
-    for lr in shared:
-        at_lr = sel[sel["optim.lr"].eq(lr)]
-        ok = at_lr[at_lr["status"].eq("completed")]
-        bests = ok.groupby("norm.kind")["best_test_acc"].mean().dropna()
-        if bests.empty:
-            notes.append(f"lr {lr:g}: every run diverged, no target")
-            continue
-        target = max(CONV_TARGET_FRACTION * float(bests.min()), CHANCE_ACC + LR_LEARNS_ABOVE_CHANCE)
-        reach = _epochs_to(at_lr, curves, target)
-        if not reach["reached"].any():
-            notes.append(f"lr {lr:g}: no run reaches {100 * target:.0f}%, left out")
-            continue
-        targets[lr] = target
-        agg = aggregate(reach, ["norm.kind"], "epochs_to").set_index("norm.kind")
-        reached = reach.groupby("norm.kind")["reached"].sum()
-        bn, none = agg.loc["bn"], agg.loc["none"]
-        comp = compare(none["mean"] - bn["mean"], [bn["std"], none["std"]], CONV_MIN_EPOCHS)
-        outcomes.append(comp.outcome)
-        tag = f"lr_{lr:g}"
-        numbers |= {
-            f"{tag}_target_acc_pct": _pct(target),
-            f"{tag}_bn_epochs": _round(bn["mean"]),
-            f"{tag}_none_epochs": _round(none["mean"]),
-            f"{tag}_bn_images": _images(bn["mean"], setting),
-            f"{tag}_none_images": _images(none["mean"], setting),
-            f"{tag}_bn_saves_epochs": _round(comp.diff),
-            f"{tag}_margin_epochs": _round(comp.margin),
-            f"{tag}_outcome": comp.outcome,
-        }
-        for norm in BN_NONE:
-            point = agg.loc[norm]
+    if sel.empty or BN not in set(sel["arm"]):
+        return no_data(notes)
+    means = sel.groupby(["arm", "optim.lr"])["acc"].mean()
+    best_lr = {a: float(means[a].idxmax()) for a in means.index.get_level_values(0).unique()}
+    best = {a: float(means[a].max()) for a in best_lr}
+    at_best = sel[[best_lr[a] == lr for a, lr in zip(sel["arm"], sel["optim.lr"], strict=True)]]
+    rows: list[Verdict] = []
+    numbers: dict[str, Any] = {f"{a}_best_lr": best_lr[a] for a in best_lr}
+    table = []
+    for arm in [a for a in NO_BN_ARMS if a in best]:
+        if best[arm] < TRAINS_AT:
             rows.append(
+                verdict_row(AGAINST[arm], None, CONV_MIN_EPOCHS, "epochs", never_trains(best[arm]))
+            )
+            continue
+        target = CONV_TARGET_FRACTION * min(best[BN], best[arm])
+        reach = {a: _epochs_to(at_best[at_best["arm"].eq(a)], curves, target) for a in (BN, arm)}
+        effect = difference(estimate(reach[arm]["epochs"]), estimate(reach[BN]["epochs"]))
+        rows.append(verdict_row(AGAINST[arm], effect, CONV_MIN_EPOCHS, "epochs"))
+        numbers[f"{arm}_target_acc_pct"] = pct(target)
+        for a in (BN, arm):
+            e = estimate(reach[a]["epochs"])
+            table.append(
                 {
-                    "lr": f"{lr:g}",
+                    "against": AGAINST[arm],
+                    "arm": a,
+                    "lr": f"{best_lr[a]:g}",
                     "target acc %": f"{100 * target:.1f}",
-                    "norm": norm,
-                    "reached": f"{int(reached.get(norm, 0))}/{int(point['n'])}",
-                    # Censored runs count as planned epochs + 1: say so in the cell.
-                    "epochs to target": _num_cell(point, 1)
-                    + ("" if reached.get(norm, 0) == point["n"] else " (censored)"),
-                    "images to target": _images(point["mean"], setting),
+                    "reached": f"{int(reach[a]['reached'].sum())}/{e.n}",
+                    "epochs to target [95% CI]": num_ci(e),
                 }
             )
-    verdict = all_of(outcomes) if outcomes else INCONCLUSIVE
-    if not shared:
-        notes.append("no learning rate was tried with both norms")
-    data: dict[str, pd.DataFrame] = {}
-    if targets:
-        lr = min(targets, key=lambda v: abs(math.log(v / CONV_CURVE_LR)))
-        ids = sel.loc[sel["optim.lr"].eq(lr), ["run_id", "norm.kind"]]
-        data["curves"] = curves.merge(ids, on="run_id")
-        numbers |= {"curve_lr": lr, "curve_target_acc_pct": _pct(targets[lr])}
-    return _result(
-        convergence_claim,
-        "convergence",
-        verdict,
-        numbers=numbers,
-        evidence=pd.DataFrame(rows),
-        figures=["training_curves"] if data else [],
-        setting=setting,
-        notes=notes,
-        data=data,
+    ids = at_best[["run_id", "arm", "optim.lr"]].rename(columns={"arm": "norm.kind"})
+    data = {"curves": curves.merge(ids, on="run_id")}
+    numbers["curve_lr"] = "each arm at its best lr"
+    return Finding(
+        overall(rows), numbers, pd.DataFrame(table), setting, notes, data, comparisons=rows
     )
-
-
-@_rule
-def init_claim(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
-    """BN reduces sensitivity to the weight initialisation scale.
-
-    Runs: ResNet-20, residual, augmentation, batch 128, lr 0.1, norm bn or none, any
-    model.init_scale. Final test accuracy, a diverged run counting as chance
-    ({chance}), mean over seeds. Over the init scales tried with both norms (at least
-    2), each norm's spread is its best mean minus its worst mean. SUPPORTED if BN's
-    spread is smaller than none's by more than the margin (from the four means that
-    define the two spreads); NOT SUPPORTED if it is larger or equal; INCONCLUSIVE if
-    unresolved or fewer than 2 shared scales.
-    """
-    sel, setting, notes = select(runs, _without("model.init_scale"), BN_NONE)
-    if sel.empty:
-        return _result(init_claim, "init", NO_DATA, notes=notes)
-    key = "model.init_scale"
-    pts = aggregate(_with_acc(sel), ["norm.kind", key], "acc")
-    shared = sorted(_values(pts, "bn", key) & _values(pts, "none", key))
-    numbers: dict[str, Any] = {"shared_init_scales": shared}
-    used = pts[pts[key].isin(shared)]
-    verdict = INCONCLUSIVE
-    if len(shared) < 2:
-        notes.append(f"needs 2 init scales tried with both norms, found {shared}")
-    else:
-        extremes = {}
-        for norm in BN_NONE:
-            sub = used[used["norm.kind"].eq(norm)].dropna(subset=["mean"])
-            hi, lo = sub.loc[sub["mean"].idxmax()], sub.loc[sub["mean"].idxmin()]
-            extremes[norm] = (hi, lo)
-            numbers |= {
-                f"{norm}_spread_pp": _pct(hi["mean"] - lo["mean"]),
-                f"{norm}_best_scale": float(hi[key]),
-                f"{norm}_worst_scale": float(lo[key]),
-            }
-        spread = {n: hi["mean"] - lo["mean"] for n, (hi, lo) in extremes.items()}
-        stds = [p["std"] for pair in extremes.values() for p in pair]
-        comp = compare(spread["none"] - spread["bn"], stds)
-        numbers |= _comparison("spread_reduction", comp)
-        verdict = verdict_of(comp.outcome)
-    evidence = _pivot(pts, key, "init scale")
-    return _result(
-        init_claim,
-        "init",
-        verdict,
-        numbers=numbers,
-        evidence=evidence,
-        figures=["init_accuracy"],
-        setting=setting,
-        notes=notes,
-        data={"points": pts},
-    )
-
-
-@_rule
-def regularization_claim(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
-    """BN regularises mildly.
-
-    Runs: ResNet-20, residual, init scale 1, batch 128, lr 0.1, norm bn or none, with
-    and without augmentation; diverged runs are left out (their gap means nothing).
-    Gap = final train accuracy - final test accuracy (train accuracy is the running
-    mean over the last epoch, on augmented images when augmentation is on). A
-    regulariser narrows the gap without costing test accuracy: per augmentation
-    setting BN regularises if its gap is smaller than none's by more than the margin
-    and its test accuracy is not lower by more than the margin. A smaller gap with
-    lower test accuracy is underfitting; a similar gap with higher test accuracy is
-    better optimisation -- neither counts. The verdict comes from the runs without
-    augmentation (where overfitting shows), or with it when those are all there is:
-    SUPPORTED if BN regularises there; NOT SUPPORTED if its gap is larger or equal, or
-    smaller only with lower test accuracy; INCONCLUSIVE if the gap difference is
-    unresolved.
-    """
-    sel, setting, notes = select(runs, _without("data.augment"), BN_NONE)
-    if sel.empty:
-        return _result(regularization_claim, "regularization", NO_DATA, notes=notes)
-    diverged = sel["status"].eq("diverged")
-    if diverged.any():
-        notes.append(f"left out {int(diverged.sum())} diverged run(s)")
-    ok = sel[~diverged].assign(gap=lambda d: d["train_acc"] - d["test_acc"])
-    keys = ["data.augment", "norm.kind"]
-    pts = aggregate(ok, keys, "gap")
-    for value in ("test_acc", "train_acc"):
-        part = aggregate(ok, keys, value).rename(columns=lambda c, v=value: _suffix(c, v, keys))
-        pts = pts.merge(part.drop(columns=[f"n_{value}"]), on=keys)
-    numbers: dict[str, Any] = {}
-    outcomes: dict[bool, str] = {}
-    for augment in (False, True):
-        sub = pts[pts["data.augment"].eq(augment)].set_index("norm.kind")
-        if not {"bn", "none"} <= set(sub.index):
-            continue
-        bn, none = sub.loc["bn"], sub.loc["none"]
-        gap = compare(none["mean"] - bn["mean"], [bn["std"], none["std"]])
-        test = compare(
-            bn["mean_test_acc"] - none["mean_test_acc"], [bn["std_test_acc"], none["std_test_acc"]]
-        )
-        outcome = gap.outcome
-        if outcome == GREATER and test.outcome == LESS:
-            outcome = LESS  # narrower gap bought with test accuracy: underfitting
-        outcomes[augment] = outcome
-        tag = "augment" if augment else "no_augment"
-        numbers |= {
-            f"{tag}_bn_gap_pp": _pct(bn["mean"]),
-            f"{tag}_none_gap_pp": _pct(none["mean"]),
-            **_comparison(f"{tag}_gap_reduction", gap),
-            f"{tag}_bn_test_acc_pct": _pct(bn["mean_test_acc"]),
-            f"{tag}_none_test_acc_pct": _pct(none["mean_test_acc"]),
-            **_comparison(f"{tag}_test_acc_gain", test),
-            f"{tag}_outcome": outcome,
-        }
-    if not outcomes:
-        verdict = INCONCLUSIVE
-        notes.append("no augmentation setting has runs of both norms")
-    else:
-        decisive = False not in outcomes  # without augmentation whenever those runs exist
-        numbers["decided_on"] = "augmentation" if decisive else "no augmentation"
-        verdict = verdict_of(outcomes[decisive])
-    evidence = pd.DataFrame(
-        {
-            "augment": pts["data.augment"].map(_yes_no),
-            "norm": pts["norm.kind"],
-            "train acc %": _acc_cells(pts, "_train_acc"),
-            "test acc %": _acc_cells(pts, "_test_acc"),
-            "gap (pp)": _acc_cells(pts),
-        }
-    )
-    return _result(
-        regularization_claim,
-        "regularization",
-        verdict,
-        numbers=numbers,
-        evidence=evidence,
-        figures=["regularization_gap"],
-        setting=setting,
-        notes=notes,
-        data={"points": pts},
-    )
-
-
-@_rule
-def batch_claim(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
-    """BN degrades at small batch sizes; GroupNorm and LayerNorm do not.
-
-    Runs: ResNet-20, residual, init scale 1, augmentation, norm bn, gn or ln, any batch
-    size with the linearly scaled lr (0.1 x batch/128). Final test accuracy, a diverged
-    run counting as chance ({chance}), mean over seeds. Over the batch sizes tried with
-    every norm present (at least 2), a norm's drop is its accuracy at the largest minus
-    at the smallest. SUPPORTED if BN really degrades (its own drop exceeds the margin
-    from its two means) and its drop exceeds the drop of each of GN and LN present by
-    more than the margin (from the four means involved); NOT SUPPORTED if BN does not
-    degrade, or its drop is smaller or equal for one of them; INCONCLUSIVE otherwise,
-    or without BN and at least one of GN/LN.
-    """
-    fixed = {**MODEL, "data.augment": True}
-    sel, setting, notes = select(runs, fixed, ("bn", "gn", "ln"), linear_lr(runs))
-    if sel.empty:
-        return _result(batch_claim, "batch", NO_DATA, notes=notes)
-    key = "data.batch_size"
-    pts = aggregate(_with_acc(sel), ["norm.kind", key], "acc")
-    present = [n for n in ("bn", "gn", "ln") if n in set(pts["norm.kind"])]
-    others = [n for n in present if n != "bn"]
-    shared = sorted(set.intersection(*(_values(pts, n, key) for n in present)))
-    numbers: dict[str, Any] = {"shared_batch_sizes": [int(b) for b in shared]}
-    verdict = INCONCLUSIVE
-    if "bn" not in present or not others:
-        notes.append(f"needs bn and gn or ln, found {present}")
-    elif len(shared) < 2:
-        notes.append(f"needs 2 batch sizes tried with {present}, found {shared}")
-    else:
-        big, small = shared[-1], shared[0]
-        drops = {}
-        for norm in present:
-            hi, lo = _point(pts, norm, big, key), _point(pts, norm, small, key)
-            drops[norm] = (hi["mean"] - lo["mean"], [hi["std"], lo["std"]])
-            numbers[f"{norm}_drop_pp"] = _pct(drops[norm][0])
-        # First: does BN degrade at all? Beating GN/LN's drop means nothing when
-        # every norm gains accuracy at the small batch (seen at CPU scale).
-        own = compare(*drops["bn"])
-        numbers |= _comparison("bn_drop", own)
-        outcomes = [own.outcome]
-        for other in others:
-            comp = compare(drops["bn"][0] - drops[other][0], drops["bn"][1] + drops[other][1])
-            outcomes.append(comp.outcome)
-            numbers |= _comparison(f"bn_extra_drop_vs_{other}", comp)
-        numbers |= {"largest_batch": int(big), "smallest_batch": int(small)}
-        verdict = all_of(outcomes)
-    evidence = _pivot(pts, key, "batch")
-    return _result(
-        batch_claim,
-        "batch",
-        verdict,
-        numbers=numbers,
-        evidence=evidence,
-        figures=["batch_accuracy"],
-        setting=setting,
-        notes=notes,
-        data={"points": pts},
-    )
-
-
-@_rule
-def inference_claim(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
-    """BN needs its running averages at inference.
-
-    Runs: ResNet-20 with BN, residual, init scale 1, augmentation, linearly scaled lr,
-    completed, with the bn_eval probe (probe.bn_eval_batch_sizes). For each training
-    batch size: test accuracy with the running statistics, and with each eval batch's
-    own statistics at each eval batch size, means over seeds. SUPPORTED if, for every
-    training batch size, batch-statistics accuracy at the smallest eval batch size is
-    below running-statistics accuracy by more than the margin; NOT SUPPORTED if it is
-    above or equal for one; otherwise INCONCLUSIVE.
-    """
-    has_probe = runs.get("bn_eval.running_stats_acc", pd.Series(np.nan, index=runs.index))
-    extra = linear_lr(runs) & has_probe.notna() & runs["status"].eq("completed")
-    sel, setting, notes = select(runs, {**MODEL, "data.augment": True}, ("bn",), extra)
-    if sel.empty:
-        return _result(inference_claim, "inference", NO_DATA, notes=notes)
-    prefix = "bn_eval.batch_stats_acc."
-    size_cols = [c for c in sel.columns if c.startswith(prefix)]
-    long = sel.melt(
-        id_vars=["run_id", "data.batch_size"],
-        value_vars=size_cols,
-        var_name="eval_batch",
-        value_name="acc",
-    ).dropna(subset=["acc"])
-    long["eval_batch"] = long["eval_batch"].str.removeprefix(prefix).astype(int)
-    pts = aggregate(long, ["data.batch_size", "eval_batch"], "acc")
-    running = aggregate(sel, ["data.batch_size"], "bn_eval.running_stats_acc")
-    running = running.set_index("data.batch_size")
-    numbers: dict[str, Any] = {}
-    outcomes: list[str] = []
-    rows = []
-    for train_batch, sub in pts.groupby("data.batch_size"):
-        run_pt = running.loc[train_batch]
-        for _, p in sub.iterrows():
-            rows.append(
-                {
-                    "train batch": int(train_batch),
-                    "eval batch": int(p["eval_batch"]),
-                    "batch-stats acc %": _acc_cell(p),
-                    "running-stats acc %": _acc_cell(run_pt),
-                    "running - batch (pp)": _pp_cell(run_pt["mean"] - p["mean"]),
-                }
-            )
-        smallest = sub.loc[sub["eval_batch"].idxmin()]
-        comp = compare(run_pt["mean"] - smallest["mean"], [run_pt["std"], smallest["std"]])
-        outcomes.append(comp.outcome)
-        tag = f"train_batch_{int(train_batch)}"
-        numbers |= {
-            f"{tag}_running_acc_pct": _pct(run_pt["mean"]),
-            f"{tag}_smallest_eval_batch": int(smallest["eval_batch"]),
-            f"{tag}_batch_stats_acc_pct": _pct(smallest["mean"]),
-            **_comparison(f"{tag}_running_advantage", comp),
-        }
-    verdict = all_of(outcomes) if outcomes else INCONCLUSIVE
-    data = {"points": pts, "running": running.reset_index()}
-    return _result(
-        inference_claim,
-        "inference",
-        verdict,
-        numbers=numbers,
-        evidence=pd.DataFrame(rows),
-        figures=["inference_accuracy"],
-        setting=setting,
-        notes=notes,
-        data=data,
-    )
-
-
-@_rule
-def norms_section(runs: pd.DataFrame, epochs: pd.DataFrame) -> ClaimResult:
-    """The normalisers side by side (descriptive: no verdict).
-
-    Runs: ResNet-20, residual, init scale 1, augmentation, linearly scaled lr, every
-    norm kind (Ghost BN per virtual batch, Batch Renorm per warm-up; not the ICS
-    study's noise injections bn_noisy/none_noisy) and batch size found. Final test
-    accuracy (a diverged run counting as chance, {chance}), mean over seeds; for each
-    batch size the best norm is named.
-    """
-    fixed = {**MODEL, "data.augment": True}
-    normalisers = ~runs["norm.kind"].isin(NOISE_DEVICES)
-    sel, setting, notes = select(runs, fixed, None, linear_lr(runs) & normalisers)
-    if sel.empty:
-        return _result(norms_section, "norms", NO_DATA, notes=notes)
-    key = "data.batch_size"
-    # Each Ghost BN virtual batch is its own normaliser (ghost_bn/4).
-    labelled = _with_acc(sel).assign(**{"norm.kind": arm_labels(sel)})
-    pts = aggregate(labelled, ["norm.kind", key], "acc")
-    numbers: dict[str, Any] = {}
-    for batch, sub in pts.dropna(subset=["mean"]).groupby(key):
-        best = sub.loc[sub["mean"].idxmax()]
-        numbers[f"batch_{int(batch)}_best_norm"] = best["norm.kind"]
-        numbers[f"batch_{int(batch)}_best_acc_pct"] = _pct(best["mean"])
-    return _result(
-        norms_section,
-        "norms",
-        DESCRIPTIVE,
-        numbers=numbers,
-        evidence=_pivot(pts, key, "batch"),
-        figures=["norms_accuracy"],
-        setting=setting,
-        notes=notes,
-        data={"points": pts},
-    )
-
-
-CLAIMS: dict[str, Claim] = {
-    "lr": lr_claim,
-    "depth": depth_claim,
-    "convergence": convergence_claim,
-    "init": init_claim,
-    "regularization": regularization_claim,
-    "batch": batch_claim,
-    "inference": inference_claim,
-    "norms": norms_section,
-}
-
-
-def evaluate_claims(
-    runs: pd.DataFrame, epochs: pd.DataFrame, keys: Iterable[str] | None = None
-) -> list[ClaimResult]:
-    return [CLAIMS[k](runs, epochs) for k in (keys or CLAIMS)]
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _with_acc(runs: pd.DataFrame, column: str = "test_acc", name: str = "acc") -> pd.DataFrame:
-    """`name`: the final `column` accuracy, chance for a diverged run (it learned nothing
-    usable)."""
-    return runs.assign(**{name: runs[column].where(runs["status"].ne("diverged"), CHANCE_ACC)})
-
-
-def _values(pts: pd.DataFrame, norm: str, key: str, by: str = "norm.kind") -> set[Any]:
-    """The `key` values tried with `norm` (an arm label when `by` is "arm")."""
-    return set(pts.loc[pts[by].eq(norm), key].dropna())
-
-
-def _point(pts: pd.DataFrame, norm: str, value: Any, key: str, by: str = "norm.kind") -> pd.Series:
-    return pts[pts[by].eq(norm) & pts[key].eq(value)].iloc[0]
 
 
 def _epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Per run: the first epoch at or above `target`, else planned epochs + 1 (censored)."""
+    """Per run: the (interpolated) epoch its test accuracy first reaches `target`, else
+    planned epochs + 1."""
     out = []
     for _, run in runs.iterrows():
-        curve = curves[curves["run_id"].eq(run["run_id"])]
-        hit = curve.loc[curve["test_acc"] >= target, "epoch"]
-        reached = not hit.empty
-        first = int(hit.min()) if reached else int(run["train.epochs"]) + 1
-        out.append({"norm.kind": run["norm.kind"], "epochs_to": first, "reached": reached})
-    return pd.DataFrame(out)
+        curve = curves[curves["run_id"].eq(run["run_id"])].sort_values("epoch")
+        epochs = [0.0, *curve["epoch"].astype(float)]
+        accs = [CHANCE_ACC, *curve["test_acc"].astype(float)]
+        first = float(run["train.epochs"]) + 1
+        reached = False
+        for i in range(1, len(epochs)):
+            (e0, a0), (e1, a1) = (epochs[i - 1], accs[i - 1]), (epochs[i], accs[i])
+            if a1 >= target:
+                frac = 1.0 if a0 >= target or a1 == a0 else (target - a0) / (a1 - a0)
+                first = e0 + frac * (e1 - e0)
+                reached = True
+                break
+        out.append({"run_id": run["run_id"], "epochs": first, "reached": reached})
+    return pd.DataFrame(out, columns=["run_id", "epochs", "reached"])
 
 
-def _comparison(name: str, comp: Comparison) -> dict[str, Any]:
-    return {
-        f"{name}_pp": _pct(comp.diff),
-        f"{name}_margin_pp": _pct(comp.margin),
-        f"{name}_outcome": comp.outcome,
+# ----------------------------------------------------------------------------- init
+
+
+@section(
+    "init",
+    "Initialisation",
+    "BN reduces sensitivity to the weight initialisation scale.",
+    Rule(
+        """
+        Runs: ResNet-20, residual, augmentation, batch 128, lr 0.1, any model.init_scale
+        (every conv/linear weight multiplied by it after init); arms bn, fixup, skipinit,
+        none (He init). Final test accuracy, a diverged run counting as chance ({chance}).
+        Over the scales tried with both BN and the arm (at least 2), each arm's spread is
+        the mean accuracy at its best scale minus at its worst. The effect against an arm
+        is the arm's spread minus BN's (pp, from the four points), minimum {init_min}.
+        {decision}
+        """,
+        RULE_VALUES,
+        version=2,
+    ),
+    figures=("init_accuracy",),
+)
+def init_claim(tables: RunTables) -> Finding:
+    key = "model.init_scale"
+    sel, setting, notes = select_arms(tables.runs, [key], (BN, *NO_BN_ARMS))
+    if sel.empty or BN not in set(sel["arm"]):
+        return no_data(notes)
+    pts = point_table(sel, ["arm", key], "acc")
+    rows: list[Verdict] = []
+    numbers: dict[str, Any] = {}
+    for arm in [a for a in NO_BN_ARMS if a in set(pts["arm"])]:
+        scales = sorted(
+            set(pts.loc[pts["arm"].eq(BN), key]) & set(pts.loc[pts["arm"].eq(arm), key])
+        )
+        if len(scales) < 2:
+            rows.append(
+                verdict_row(
+                    AGAINST[arm],
+                    None,
+                    INIT_MIN_PP,
+                    "pp",
+                    f"needs 2 init scales tried with both, found {scales}",
+                )
+            )
+            continue
+        ends = {}
+        for a in (BN, arm):
+            sub = pts[pts["arm"].eq(a) & pts[key].isin(scales)]
+            hi, lo = sub.loc[sub["mean"].idxmax(), key], sub.loc[sub["mean"].idxmin(), key]
+            ends[a] = (
+                estimate_at(sel, arm=a, **{key.replace(".", "__"): float(hi)}),
+                estimate_at(sel, arm=a, **{key.replace(".", "__"): float(lo)}),
+            )
+            numbers[f"{a}_spread_pp"] = pct(ends[a][0].mean - ends[a][1].mean)
+        if ends[arm][0].mean < TRAINS_AT:
+            rows.append(
+                verdict_row(AGAINST[arm], None, INIT_MIN_PP, "pp", never_trains(ends[arm][0].mean))
+            )
+            continue
+        effect = contrast(
+            [(1, ends[arm][0]), (-1, ends[arm][1]), (-1, ends[BN][0]), (1, ends[BN][1])]
+        )
+        rows.append(verdict_row(AGAINST[arm], in_pp(effect), INIT_MIN_PP, "pp"))
+    evidence = pivot(
+        pts.assign(cell=ci_cells(pts)),
+        key,
+        "init scale",
+        by="arm",
+        order=(BN, *NO_BN_ARMS),
+        cell="cell",
+    )
+    return Finding(
+        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
+    )
+
+
+# ----------------------------------------------------------------------------- regularization
+
+
+@section(
+    "regularization",
+    "Regularisation",
+    "BN regularises mildly.",
+    Rule(
+        """
+        Runs: ResNet-20, residual, init scale 1, batch 128, lr 0.1, without augmentation
+        (where a net can overfit 5k images); arms bn, fixup, skipinit, none (He init).
+        A regulariser narrows the train-test gap at the same fit of the training data, so
+        the gap is compared at matched training loss: the level is the highest last-epoch
+        training loss among the two arms' runs (every run gets down to it); a run's train
+        and test accuracy at that level are interpolated linearly between the epochs where
+        its training loss crosses it (per-epoch test accuracy on the evaluation subset, if
+        the runs used one); gap = train - test accuracy there. The effect against an arm
+        is the arm's mean gap minus BN's (pp), minimum {reg_min}. Diverged runs are left
+        out (they have no gap). {decision}
+        """,
+        RULE_VALUES,
+        version=2,
+    ),
+    figures=("regularization_gap",),
+)
+def regularization_claim(tables: RunTables) -> Finding:
+    sel, setting, notes = select_arms(
+        tables.runs, ["data.augment"], (BN, *NO_BN_ARMS), tables.runs["data.augment"].eq(False)
+    )
+    if sel.empty or BN not in set(sel["arm"]):
+        return no_data(notes)
+    if sel["diverged"].any():
+        notes.append(f"left out {int(sel['diverged'].sum())} diverged run(s)")
+    sel = sel[~sel["diverged"]]
+    curves = tables.epochs[tables.epochs["run_id"].isin(sel["run_id"])]
+    rows: list[Verdict] = []
+    numbers: dict[str, Any] = {}
+    points = []
+    for arm in [a for a in NO_BN_ARMS if a in set(sel["arm"])]:
+        pair = sel[sel["arm"].isin([BN, arm])]
+        best = pair[pair["arm"].eq(arm)]["acc"].mean()
+        if best < TRAINS_AT:
+            rows.append(verdict_row(AGAINST[arm], None, REG_MIN_PP, "pp", never_trains(best)))
+            continue
+        level = float(pair["train_loss"].max())
+        gaps = {a: _gap_at(pair[pair["arm"].eq(a)], curves, level) for a in (BN, arm)}
+        effect = difference(estimate(gaps[arm]["gap"]), estimate(gaps[BN]["gap"]))
+        rows.append(verdict_row(AGAINST[arm], in_pp(effect), REG_MIN_PP, "pp"))
+        numbers[f"{arm}_matched_train_loss"] = round(level, 3)
+        for a in (BN, arm):
+            g = gaps[a]
+            points.append(
+                {
+                    "against": AGAINST[arm],
+                    "arm": a,
+                    "train loss": round(level, 3),
+                    "mean": g["gap"].mean(),
+                    "n": len(g),
+                    "gap pp [95% CI]": pp_ci(estimate(g["gap"])),
+                    "train acc %": f"{100 * g['train_acc'].mean():.1f}",
+                    "test acc %": f"{100 * g['test_acc'].mean():.1f}",
+                    "final test acc % [95% CI]": pct_ci(estimate_at(sel, arm=a)),
+                }
+            )
+    if not rows:
+        rows.append(
+            verdict_row(
+                "vs no-BN arms", None, REG_MIN_PP, "pp", "no no-BN arm was run without augmentation"
+            )
+        )
+    evidence = pd.DataFrame(points).drop(columns=["mean", "n"], errors="ignore")
+    data = {"points": pd.DataFrame(points)}
+    figures = None if points else ()
+    return Finding(
+        overall(rows), numbers, evidence, setting, notes, data, figures=figures, comparisons=rows
+    )
+
+
+def _gap_at(runs: pd.DataFrame, curves: pd.DataFrame, level: float) -> pd.DataFrame:
+    """Per run: train and test accuracy where its training loss first reaches `level`."""
+    out = []
+    for run_id in runs["run_id"]:
+        c = curves[curves["run_id"].eq(run_id)].sort_values("epoch")
+        loss, tr, te = (c[k].to_numpy(dtype=float) for k in ("train_loss", "train_acc", "test_acc"))
+        i = int(np.argmax(loss <= level)) if (loss <= level).any() else len(loss) - 1
+        if i == 0 or loss[i] == loss[i - 1]:
+            train_acc, test_acc = tr[i], te[i]
+        else:
+            w = (loss[i - 1] - level) / (loss[i - 1] - loss[i])
+            train_acc, test_acc = (
+                tr[i - 1] + w * (tr[i] - tr[i - 1]),
+                te[i - 1] + w * (te[i] - te[i - 1]),
+            )
+        out.append(
+            {
+                "run_id": run_id,
+                "train_acc": train_acc,
+                "test_acc": test_acc,
+                "gap": train_acc - test_acc,
+            }
+        )
+    return pd.DataFrame(out, columns=["run_id", "train_acc", "test_acc", "gap"])
+
+
+# ----------------------------------------------------------------------------- batch
+
+
+@section(
+    "batch",
+    "Batch size",
+    "BN degrades at small batch sizes; GroupNorm and LayerNorm do not.",
+    Rule(
+        """
+        Decided on the statistics batch alone: runs of ResNet-20, residual, init scale 1,
+        augmentation, optimisation batch 128, lr 0.1 (the same steps for all), norm bn
+        (statistics over all 128 samples) or ghost_bn (statistics over each group of
+        norm.virtual_batch = g samples). Final test accuracy with the running averages,
+        a diverged run counting as chance ({chance}). The effect is the accuracy with
+        128-sample statistics minus with the smallest g tried (pp), minimum {batch_min}:
+        BN degrades when its statistics come from few samples. GroupNorm and LayerNorm
+        compute no batch statistics, so in this experiment they cannot degrade by
+        construction (the alternatives section compares them with BN). Shown beside,
+        exploratory unless it has {seeds} seeds: Wu & He's own protocol (the true batch b
+        for BN and GN, lr 0.1 x b/128, the same epochs, so small batches also take more
+        steps), as BN's drop from the largest to the smallest batch minus GN's.
+        {decision}
+        """,
+        RULE_VALUES,
+        version=3,
+    ),
+    figures=("batch_accuracy",),
+)
+def batch_claim(tables: RunTables) -> Finding:
+    sel, setting, notes = statistics_batch_runs(tables.runs)
+    if sel.empty or BN not in set(sel["arm"]):
+        return no_data(notes)
+    pts = point_table(sel[sel["stat_batch"].notna()], ["stat_batch"], "acc")
+    rows: list[Verdict] = []
+    numbers: dict[str, Any] = {}
+    sizes = sorted(set(pts["stat_batch"]))
+    if STATISTICS_BATCH not in sizes or len(sizes) < 2:
+        rows.append(
+            verdict_row(
+                f"statistics batch {STATISTICS_BATCH} vs smaller",
+                None,
+                BATCH_MIN_PP,
+                "pp",
+                f"needs {STATISTICS_BATCH} and a smaller statistics batch, found {sizes}",
+            )
+        )
+    else:
+        small = sizes[0]
+        big_e = estimate_at(sel, stat_batch=float(STATISTICS_BATCH))
+        small_e = estimate_at(sel, stat_batch=float(small))
+        effect = in_pp(difference(big_e, small_e))
+        rows.append(
+            verdict_row(
+                f"statistics batch {STATISTICS_BATCH} vs {int(small)}", effect, BATCH_MIN_PP, "pp"
+            )
+        )
+        numbers |= {
+            "smallest_statistics_batch": int(small),
+            "bn_acc_128_pct": pct(big_e.mean),
+            "bn_acc_smallest_pct": pct(small_e.mean),
+        }
+    protocol, protocol_row = _wu_he(tables.runs)
+    if protocol_row is not None:
+        rows.append(protocol_row)
+    evidence = pd.DataFrame(
+        {"statistics batch g": pts["stat_batch"].astype(int), "test acc % [95% CI]": ci_cells(pts)}
+    )
+    data = {"points": pts, "protocol": protocol}
+    decided = [r for r in rows if not r.against.startswith("Wu & He")]
+    return Finding(overall(decided), numbers, evidence, setting, notes, data, comparisons=rows)
+
+
+def _wu_he(runs: pd.DataFrame) -> tuple[pd.DataFrame, Verdict | None]:
+    """Wu & He's protocol: true batch b for BN and GN, lr 0.1 b/128. Its points, and BN's
+    drop from the largest to the smallest batch minus GN's (a Verdict row)."""
+    fixed = {
+        k: STANDARD[k]
+        for k in ("model.depth", "model.residual", "model.init", "model.init_scale", "data.augment")
     }
+    sel, _, _ = select(runs, fixed, ("bn", "gn"), linear_lr(runs))
+    if sel.empty:
+        return pd.DataFrame(), None
+    sel = with_acc(sel)
+    pts = point_table(sel, ["norm.kind", "data.batch_size"], "acc")
+    sizes = sorted(
+        set(sel.loc[sel["norm.kind"].eq("bn"), "data.batch_size"])
+        & set(sel.loc[sel["norm.kind"].eq("gn"), "data.batch_size"])
+    )
+    if len(sizes) < 2:
+        return pts, None
+    lo, hi = sizes[0], sizes[-1]
+    e = {
+        (n, b): estimate_at(sel, norm__kind=n, data__batch_size=b)
+        for n in ("bn", "gn")
+        for b in (lo, hi)
+    }
+    effect = contrast([(1, e["bn", hi]), (-1, e["bn", lo]), (-1, e["gn", hi]), (1, e["gn", lo])])
+    row = verdict_row(
+        f"Wu & He protocol: BN drop minus GN drop, batch {int(hi)} to {int(lo)}",
+        in_pp(effect),
+        BATCH_MIN_PP,
+        "pp",
+    )
+    return pts, row
 
 
-def _suffix(column: str, value: str, keys: list[str]) -> str:
-    return column if column in keys else f"{column}_{value}"
+# ----------------------------------------------------------------------------- inference
 
 
-def _pivot(
-    pts: pd.DataFrame,
-    key: str,
-    label: str,
-    by: str = "norm.kind",
-    order: Sequence[str] = NORM_ORDER,
-) -> pd.DataFrame:
-    """Norms (or arms: `by`) as rows, in `order` then by name; `key` values as columns;
-    "mean ± std" cells (n in the header)."""
+@section(
+    "inference",
+    "Inference statistics",
+    (
+        "BN needs its running averages at inference: normalising with the statistics of "
+        "small eval batches costs accuracy."
+    ),
+    Rule(
+        """
+        Runs: ResNet-20 with BN, residual, init scale 1, augmentation, lr 0.1 x batch/128,
+        completed, with the bn_eval probe (probe.bn_eval_batch_sizes). For each training
+        batch size: test accuracy with the running statistics, and with each eval batch's
+        own statistics at each eval batch size. The effect is running-statistics accuracy
+        minus batch-statistics accuracy at eval batch {eval_batch} (pp; the smallest tried
+        if {eval_batch} was not), at each training batch size, minimum {inference_min}; the
+        headline combines the training batch sizes like arms. {decision}
+        """,
+        RULE_VALUES,
+        version=2,
+    ),
+    figures=("inference_accuracy",),
+)
+def inference_claim(tables: RunTables) -> Finding:
+    runs = tables.runs
+    has_probe = runs.get("bn_eval.running_stats_acc", pd.Series(np.nan, index=runs.index))
+    extra = linear_lr(runs) & has_probe.notna() & runs["status"].eq("completed")
+    fixed = {
+        k: STANDARD[k]
+        for k in ("model.depth", "model.residual", "model.init", "model.init_scale", "data.augment")
+    }
+    sel, setting, notes = select(runs, fixed, (BN,), extra)
+    if sel.empty:
+        return no_data(notes)
+    long = bn_eval_long(sel)
+    pts = point_table(long, ["data.batch_size", "eval_batch"], "acc")
+    running = point_table(sel, ["data.batch_size"], "bn_eval.running_stats_acc")
+    rows: list[Verdict] = []
+    table = []
+    numbers: dict[str, Any] = {}
+    for batch, sub in long.groupby("data.batch_size"):
+        sizes = sorted(set(sub["eval_batch"]))
+        size = INFERENCE_EVAL_BATCH if INFERENCE_EVAL_BATCH in sizes else sizes[0]
+        run_e = estimate(sel.loc[sel["data.batch_size"].eq(batch), "bn_eval.running_stats_acc"])
+        for s in sizes:
+            e = estimate(sub.loc[sub["eval_batch"].eq(s), "acc"])
+            table.append(
+                {
+                    "train batch": int(batch),
+                    "eval batch": int(s),
+                    "batch-stats acc % [95% CI]": pct_ci(e),
+                    "running-stats acc % [95% CI]": pct_ci(run_e),
+                    "running - batch (pp)": f"{100 * (run_e.mean - e.mean):+.1f}",
+                }
+            )
+        effect = difference(run_e, estimate(sub.loc[sub["eval_batch"].eq(size), "acc"]))
+        rows.append(
+            verdict_row(
+                f"train batch {int(batch)}, eval batch {size}",
+                in_pp(effect),
+                INFERENCE_MIN_PP,
+                "pp",
+            )
+        )
+        numbers[f"train_batch_{int(batch)}_running_acc_pct"] = pct(run_e.mean)
+    data = {"points": pts, "running": running}
+    return Finding(
+        overall(rows), numbers, pd.DataFrame(table), setting, notes, data, comparisons=rows
+    )
 
-    def rank(name: str) -> tuple[int, str]:
-        return (order.index(name) if name in order else len(order), name)
 
-    rows = sorted(set(pts[by]), key=rank)
-    table = pd.DataFrame({"norm" if by == "norm.kind" else by: rows})
-    for value in sorted(set(pts[key])):
-        sub = pts[pts[key].eq(value)].set_index(by)
-        table[f"{label} {value:g} acc %"] = [
-            _acc_cell(sub.loc[n]) if n in sub.index else "–" for n in rows
-        ]
-    return table
+# ----------------------------------------------------------------------------- norms
 
 
-def _pct(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else round(100 * float(x), 2)
-
-
-def _round(x: float) -> float | None:
-    return None if math.isnan(x) else round(float(x), 2)
-
-
-def _images(epochs: float, setting: Setting | None) -> int | None:
-    if setting is None or not setting.train_images or math.isnan(epochs):
-        return None
-    return int(round(epochs * setting.train_images))
-
-
-def _acc_cell(p: pd.Series, suffix: str = "") -> str:
-    mean, std, n = p[f"mean{suffix}"], p[f"std{suffix}"], p.get("n", 1)
-    if pd.isna(mean):
-        return "–"
-    if n > 1 and not pd.isna(std):
-        return f"{100 * mean:.1f} ± {100 * std:.1f} (n={int(n)})"
-    return f"{100 * mean:.1f}"
-
-
-def _acc_cells(pts: pd.DataFrame, suffix: str = "") -> list[str]:
-    return [_acc_cell(p, suffix) for _, p in pts.iterrows()]
-
-
-def _num_cell(p: pd.Series, digits: int) -> str:
-    if p["n"] > 1 and not pd.isna(p["std"]):
-        return f"{p['mean']:.{digits}f} ± {p['std']:.{digits}f}"
-    return f"{p['mean']:.{digits}f}"
-
-
-def _pp_cell(diff: float) -> str:
-    return "–" if pd.isna(diff) else f"{100 * diff:+.1f}"
-
-
-def _yes_no(v: Any) -> str:
-    return "–" if pd.isna(v) else ("yes" if v else "no")
-
-
-# Outcome names re-exported for tests and the renderer.
-OUTCOMES = (GREATER, LESS, EQUAL, UNRESOLVED)
+@section(
+    "norms",
+    "Normalisers side by side",
+    "BN, GroupNorm, LayerNorm, no normalisation, and any other norm kind found.",
+    Rule(
+        """
+        The normalisers side by side (descriptive: no verdict). Runs: ResNet-20, residual,
+        init scale 1, augmentation, linearly scaled lr, every norm kind (each Ghost BN
+        virtual batch and Batch Renorm warm-up its own arm; not the ICS study's noise
+        injections) and batch size found. Final test accuracy (a diverged run counting as
+        chance, {chance}), mean over seeds with its 95% interval; for each batch size the
+        best norm is named. (Version 1 showed mean ± std; it decided nothing either.)
+        """,
+        RULE_VALUES,
+        version=2,
+    ),
+    figures=("norms_accuracy",),
+)
+def norms_section(tables: RunTables) -> Finding:
+    runs = tables.runs
+    fixed = {
+        k: STANDARD[k]
+        for k in ("model.depth", "model.residual", "model.init", "model.init_scale", "data.augment")
+    }
+    normalisers = ~runs["norm.kind"].isin(NOISE_DEVICES)
+    sel, setting, notes = select(runs, fixed, None, linear_lr(runs) & normalisers)
+    if sel.empty:
+        return no_data(notes)
+    key = "data.batch_size"
+    labelled = with_acc(sel).assign(**{"norm.kind": arm_labels(sel)})
+    pts = point_table(labelled, ["norm.kind", key], "acc")
+    numbers: dict[str, Any] = {}
+    for batch, sub in pts.dropna(subset=["mean"]).groupby(key):
+        top = sub.loc[sub["mean"].idxmax()]
+        numbers[f"batch_{int(batch)}_best_norm"] = top["norm.kind"]
+        numbers[f"batch_{int(batch)}_best_acc_pct"] = pct(top["mean"])
+    evidence = pivot(pts.assign(cell=ci_cells(pts)), key, "batch", cell="cell")
+    return Finding(DESCRIPTIVE, numbers, evidence, setting, notes, {"points": pts})

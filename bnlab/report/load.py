@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from bnlab.errors import BnlabError
+from bnlab.errors import BnlabError, first_line
 from bnlab.store import IDENTITY_NEUTRAL, METRIC_COLUMNS, PROBE_COLUMNS, PROBES_FILE
 
 # A metrics.csv without these cannot be a bnlab one; the timing columns are optional.
@@ -144,6 +144,11 @@ def read_run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
     if row.get("train_images") is None:
         size = row.get("data.train_size")
         row["train_images"] = size if size else FULL_TRAIN_IMAGES.get(row.get("data.name"))
+    if metrics is not None and metrics["test_images"].isna().all():
+        # A metrics.csv from before its test_images column: every epoch was evaluated
+        # on the whole test set, which the summary names (NaN when it does not).
+        images = row.get("test_images")
+        metrics["test_images"] = float(images) if images is not None else float("nan")
     return row, metrics
 
 
@@ -153,7 +158,7 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as err:  # YAML and OmegaConf raise many types; all mean unreadable
-        raise CorruptRun(f"unreadable config.yaml ({_first_line(err)})") from None
+        raise CorruptRun(f"unreadable config.yaml ({first_line(err)})") from None
     if not isinstance(tree, dict):
         raise CorruptRun("config.yaml is not a mapping")
     flat = flatten(tree)
@@ -171,7 +176,7 @@ def read_summary(path: Path) -> dict[str, Any] | None:
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise CorruptRun(f"unreadable summary.json ({_first_line(err)})") from None
+        raise CorruptRun(f"unreadable summary.json ({first_line(err)})") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
         raise CorruptRun("summary.json has no status")
     return summary
@@ -185,7 +190,7 @@ def read_metrics(path: Path) -> pd.DataFrame | None:
         # (a diverged run's losses), so they parse.
         metrics = pd.read_csv(path, dtype=float)
     except (OSError, ValueError) as err:  # ParserError, EmptyDataError, UnicodeDecodeError
-        raise CorruptRun(f"unreadable metrics.csv ({_first_line(err)})") from None
+        raise CorruptRun(f"unreadable metrics.csv ({first_line(err)})") from None
     missing = [c for c in REQUIRED_METRICS if c not in metrics.columns]
     if missing:
         raise CorruptRun(f"metrics.csv lacks column(s) {', '.join(missing)}")
@@ -204,7 +209,7 @@ def read_probes(path: Path) -> pd.DataFrame | None:
             path, dtype=dtypes, keep_default_na=False, na_values={"value": ["nan"]}
         )
     except (OSError, ValueError) as err:
-        raise CorruptRun(f"unreadable {PROBES_FILE} ({_first_line(err)})") from None
+        raise CorruptRun(f"unreadable {PROBES_FILE} ({first_line(err)})") from None
     missing = [c for c in PROBE_COLUMNS if c not in probes.columns]
     if missing:
         raise CorruptRun(f"{PROBES_FILE} lacks column(s) {', '.join(missing)}")
@@ -233,8 +238,3 @@ def _tidy_runs(rows: list[dict[str, Any]]) -> pd.DataFrame:
     # Identity and location first; the rest alphabetically so runs.csv is easy to scan.
     first = ["run_id", "run_name", "status", "run_dir"]
     return runs[first + sorted(c for c in runs.columns if c not in first)]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from bnlab.report.claims import ClaimResult
+from bnlab.report.core import ClaimResult
+from bnlab.report.figure_kit import save_figure
+from bnlab.report.intervals import seed_noise
 from bnlab.report.load import RunTables
-from bnlab.report.plots import save_figure
 from bnlab.report.sections import FIGURES
 from bnlab.report.tables import cell_text, html_table, markdown_table
 
@@ -82,7 +83,20 @@ def header_facts(tables: RunTables) -> list[tuple[str, str]]:
         ("bnlab versions", _listing(runs.get("bnlab_version"))),
         ("Git commits", _listing(runs.get("git_commit"))),
         ("Devices", _listing(runs.get("device"))),
+        ("Seed noise", seed_noise_text(runs)),
     ]
+
+
+def seed_noise_text(runs: pd.DataFrame) -> str:
+    """The noise floor measured from the seeds: the pooled standard deviation of final
+    test accuracy over every training config run with 2 or more seeds."""
+    sd, dof = seed_noise(runs)
+    if not dof:
+        return "not measured (no config was run with 2 or more seeds)"
+    return (
+        f"{100 * sd:.2f} pp (pooled SD of final test accuracy between seeds, "
+        f"{dof} degrees of freedom)"
+    )
 
 
 def problem_runs(tables: RunTables) -> pd.DataFrame:
@@ -101,12 +115,59 @@ def problem_runs(tables: RunTables) -> pd.DataFrame:
 
 
 def verdict_table(claims: list[ClaimResult]) -> pd.DataFrame:
+    """One row per comparison a claim decides (one row for a claim without any): the
+    effect with its 95% interval, the seeds, the rule version, the verdict, and the
+    verdicts of the claim's earlier rule versions on the same runs."""
+    rows = []
+    for c in claims:
+        earlier = "; ".join(f"v{v}: {verdict}" for v, verdict, _ in c.superseded) or "–"
+        base = {
+            "claim": c.key,
+            "rule": f"v{c.version}",
+            "earlier rules": earlier,
+            "runs from": c.setting.caption if c.setting else "–",
+        }
+        if not c.comparisons:
+            rows.append(
+                {
+                    **base,
+                    "comparison": "–",
+                    "effect [95% CI]": "–",
+                    "seeds": "–",
+                    "verdict": c.verdict,
+                }
+            )
+        for v in c.comparisons:
+            rows.append(
+                {
+                    **base,
+                    "comparison": v.against,
+                    "effect [95% CI]": v.effect_text(),
+                    "seeds": v.seeds or "–",
+                    "verdict": v.verdict,
+                }
+            )
+    columns = [
+        "claim",
+        "comparison",
+        "effect [95% CI]",
+        "seeds",
+        "rule",
+        "verdict",
+        "earlier rules",
+        "runs from",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def comparisons_table(claim: ClaimResult) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "claim": [c.key for c in claims],
-            "statement": [c.claim for c in claims],
-            "verdict": [c.verdict for c in claims],
-            "runs from": [c.setting.caption if c.setting else "–" for c in claims],
+            "comparison": [v.against for v in claim.comparisons],
+            "effect [95% CI]": [v.effect_text() for v in claim.comparisons],
+            "seeds": [v.seeds or "–" for v in claim.comparisons],
+            "verdict": [v.verdict for v in claim.comparisons],
+            "why": [v.why or "–" for v in claim.comparisons],
         }
     )
 
@@ -131,7 +192,11 @@ def render_markdown(
         out += [f"**Claim.** {c.claim}", "", f"**Verdict.** **{c.verdict}**", ""]
         if c.setting:
             out += [f"**Runs.** {c.setting.caption}", ""]
-        out += [f"**Rule.** {c.rule}", ""]
+        if c.comparisons:
+            out += ["**Comparisons.**", "", markdown_table(comparisons_table(c)), ""]
+        out += [f"**Rule (v{c.version}).** {c.rule}", ""]
+        for version, verdict, text in c.superseded:
+            out += [f"**Earlier rule v{version}** (on these runs: **{verdict}**). {text}", ""]
         if c.numbers:
             out += ["**Deciding numbers.**", "", markdown_table(numbers_table(c.numbers)), ""]
         if not c.evidence.empty:
@@ -169,6 +234,7 @@ img { max-width: 100%; border: 1px solid #eee; }
 .verdict { font-weight: bold; padding: .1rem .45rem; border-radius: .3rem; }
 .v-supported { background: #d8f0d8; } .v-not-supported { background: #f6d5d5; }
 .v-inconclusive { background: #fbeec8; } .v-no-data, .v-descriptive { background: #e4e4e4; }
+.v-mixed { background: #dde6f6; } .old { opacity: .8; font-size: .92em; }
 .rule { background: #f8f8f8; border-left: 3px solid #bbb; padding: .4rem .7rem; }
 """
 
@@ -196,7 +262,14 @@ def render_html(
         ]
         if c.setting:
             out.append(f"<p><strong>Runs.</strong> {e(c.setting.caption)}</p>")
-        out.append(f'<p class="rule"><strong>Rule.</strong> {e(c.rule)}</p>')
+        if c.comparisons:
+            out += ["<h3>Comparisons</h3>", html_table(comparisons_table(c))]
+        out.append(f'<p class="rule"><strong>Rule (v{c.version}).</strong> {e(c.rule)}</p>')
+        for version, verdict, text in c.superseded:
+            out.append(
+                f'<p class="rule old"><strong>Earlier rule v{version}</strong> (on these runs: '
+                f"{_badge(verdict)}). {e(text)}</p>"
+            )
         if c.numbers:
             out += ["<h3>Deciding numbers</h3>", html_table(numbers_table(c.numbers))]
         if not c.evidence.empty:

@@ -1,28 +1,27 @@
 """Every section of the report, in report order, and every figure they can name.
 
-The seven claims and the norms table (claims.py) read runs and epochs; the
-mechanism sections (mechanisms.py) read the training probes as well.
+Importing the section and figure modules registers them (bnlab.report.core): the
+seven claims and the norms table first (claims.py), then the mechanism sections
+(mechanisms.py). A new section is one decorated function in one of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from matplotlib.figure import Figure
-
-from bnlab.report.claims import CLAIMS, ClaimResult
+# (they register: claims first, then the mechanism sections, then the figures and the
+# superseded rule versions)
+from bnlab.report import (  # noqa: F401
+    claims,
+    mechanism_plots,
+    mechanisms,
+    plots,
+    superseded,
+)
+from bnlab.report.core import FIGURES, SECTIONS, ClaimResult
 from bnlab.report.load import RunTables
-from bnlab.report.mechanism_plots import MECHANISM_FIGURES
-from bnlab.report.mechanisms import MECHANISMS
-from bnlab.report.plots import FIGURES as CLAIM_FIGURES
 
-Section = Callable[[RunTables], ClaimResult]
-
-SECTIONS: dict[str, Section] = {
-    **{key: (lambda t, fn=fn: fn(t.runs, t.epochs)) for key, fn in CLAIMS.items()},
-    **{key: (lambda t, fn=fn: fn(t.runs, t.epochs, t.probes)) for key, fn in MECHANISMS.items()},
-}
-FIGURES: dict[str, Callable[[ClaimResult], Figure]] = {**CLAIM_FIGURES, **MECHANISM_FIGURES}
+__all__ = ["FIGURES", "SECTIONS", "evaluate_sections"]
 
 
 def evaluate_sections(tables: RunTables, keys: Iterable[str] | None = None) -> list[ClaimResult]:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bnlab.store import NON_SCIENCE_KEYS
-
-FINISHED = ("completed", "diverged")  # incomplete and failed runs carry no result
+from bnlab.config import RESIDUAL_INITS
+from bnlab.norm_kinds import BatchRenormConfig
+from bnlab.store import FINISHED, NON_SCIENCE_KEYS
 
 # The recipe every claim holds fixed unless it varies that factor (He et al.'s ResNet-20).
 STANDARD: dict[str, Any] = {
@@ -30,6 +30,10 @@ STANDARD: dict[str, Any] = {
     "data.augment": True,
     "data.batch_size": 128,
     "optim.lr": 0.1,
+}
+# The standard recipe's architecture: the fixed part of claims that vary the data or norm.
+RESNET20 = {
+    k: STANDARD[k] for k in ("model.depth", "model.residual", "model.init", "model.init_scale")
 }
 # Keys that define the scale and recipe of an experiment; runs compared in one claim
 # share all of them. Norm-specific keys (norm.groups, ...) are left out on purpose:
@@ -51,9 +55,10 @@ SETTING_KEYS = (
 )
 # When several settings match, the one with the most runs decides; ties go to the
 # larger scale.
-PRESET_RANK = {"full": 3, "cpu": 2, "smoke": 1}
+PRESET_RANK = {"full": 4, "gpu": 3, "cpu": 2, "smoke": 1}
 LINEAR_LR_BASE, LINEAR_LR_BATCH = 0.1, 128  # conf's ${linear_lr:0.1,128,batch}
-RENORM_WARMUP = 5000  # conf/norm/batch_renorm.yaml: Ioffe's warm-up, the unlabelled arm
+# Ioffe's warm-up (the schema's default) is the unlabelled batch_renorm arm.
+RENORM_WARMUP = BatchRenormConfig.warmup_steps
 # Config sections that decide how a run trains. probe.* only adds measurements after
 # training, so runs that differ only there (the inference sweep's lr=0.1 batch-128
 # runs and the lr sweep's) trained identically and count once at a grid point.
@@ -144,7 +149,9 @@ def select(
 
 
 def drop_probe_twins(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Keep one run of each training config (first by folder name); count the rest."""
+    """Keep one run of each training config (first by folder name); count the rest.
+    (A section that needs one twin's measurements selects on them, so the others are
+    not candidates.)"""
     keys = [c for c in runs.columns if c.startswith(TRAINING_PREFIXES) and c not in EXECUTION_KEYS]
     # Lists (optim.milestones) are unhashable; their text stands for them.
     identity = runs[keys].map(lambda v: repr(v) if isinstance(v, list) else v)
@@ -208,9 +215,12 @@ def _most_common(col: pd.Series | None) -> Any:
 
 
 def arm_labels(runs: pd.DataFrame) -> pd.Series:
-    """norm.kind, with the settings that make a norm another arm: Ghost BN's virtual
-    batch (ghost_bn/4) and a Batch Renorm warm-up other than the paper's 5,000 steps
-    (batch_renorm/w100), so runs of different settings are never averaged as seeds."""
+    """The experimental arm of each run: norm.kind, with the settings that make a norm
+    another arm -- Ghost BN's virtual batch (ghost_bn/4), a Batch Renorm warm-up other
+    than the paper's 5,000 steps (batch_renorm/w100), the noise magnitude of the noisy
+    norms (bn_noisy/m0.5) -- and, without a norm, the residual init that replaces it
+    (fixup, skipinit; the He-init net stays "none"). Runs of different arms are never
+    averaged as seeds."""
     label = runs["norm.kind"].astype(str).copy()
     nan = pd.Series(np.nan, index=runs.index)
     ghost = label.eq("ghost_bn")
@@ -222,4 +232,29 @@ def arm_labels(runs: pd.DataFrame) -> pd.Series:
         f"batch_renorm/w{int(w)}" if pd.notna(w) and int(w) != RENORM_WARMUP else "batch_renorm"
         for w in warmup
     ]
+    noisy = label.isin(["bn_noisy", "none_noisy"])
+    label[noisy] = [
+        f"{kind}/{noise_label(mean, scale, jitter)}"
+        for kind, mean, scale, jitter in zip(
+            label[noisy],
+            runs.get("norm.noise_mean", nan)[noisy],
+            runs.get("norm.noise_scale", nan)[noisy],
+            runs.get("norm.noise_jitter", nan)[noisy],
+            strict=True,
+        )
+    ]
+    init = runs.get("model.init", pd.Series("kaiming", index=runs.index)).fillna("kaiming")
+    replaced = label.eq("none") & init.isin(RESIDUAL_INITS)
+    label[replaced] = init[replaced]
     return label
+
+
+def noise_label(mean: float, scale: float, jitter: float) -> str:
+    """A noise setting's name: its magnitude m when it is m x the default (mean 0.5 m,
+    scale m, jitter 0.25 m), else the three values."""
+    if pd.isna(scale) or scale <= 0:
+        return f"{mean:g},{scale:g},{jitter:g}"
+    m = float(scale)
+    if np.isclose(mean, 0.5 * m) and np.isclose(jitter, 0.25 * m):
+        return f"m{m:g}"
+    return f"{mean:g},{m:g},{jitter:g}"

@@ -1,4 +1,6 @@
-"""Seeds to grid points, and when a difference between two grid points counts.
+"""The earlier rule versions' noise rule (bnlab.report.superseded): seeds to grid
+points, and when a difference between two grid points counts. The current rules use
+bnlab.report.intervals (95% intervals from the seeds) instead.
 
 One rule for every claim: a difference counts only if it exceeds the noise,
 taken as the root-sum-square of the seed standard deviations of the means it
@@ -14,9 +16,19 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bnlab.report.core import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+
 MIN_MARGIN = 0.01  # 1 percentage point, for accuracy differences (accuracies are fractions)
 
 GREATER, LESS, EQUAL, UNRESOLVED = "greater", "less", "equal", "unresolved"
+
+# The rule above in words, as the sections that compare accuracies quote it.
+NOISE_RULE = (
+    "A difference counts when it exceeds the margin: the root-sum-square of the seed "
+    "standard deviations of the means it compares, and at least {floor} (also the noise "
+    "assumed at a single seed). Inside the margin it is 'equal' when the margin is "
+    "{floor} and 'unresolved' when seed spread widened it."
+).format(floor=f"{100 * MIN_MARGIN:g} pp")
 
 
 def aggregate(runs: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
@@ -58,22 +70,22 @@ def compare(diff: float, stds: Iterable[float], floor: float = MIN_MARGIN) -> Co
 def all_of(outcomes: Sequence[str]) -> str:
     """Verdict when the claim must hold at every point: each comparison `greater`."""
     if outcomes and all(o == GREATER for o in outcomes):
-        return "SUPPORTED"
+        return SUPPORTED
     if any(o in (LESS, EQUAL) for o in outcomes):
-        return "NOT SUPPORTED"
-    return "INCONCLUSIVE"
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
 
 
 def any_of(outcomes: Sequence[str]) -> str:
     """Verdict when one point showing it suffices, provided no point contradicts it."""
     ahead, behind = GREATER in outcomes, LESS in outcomes
     if ahead and not behind:
-        return "SUPPORTED"
+        return SUPPORTED
     if behind and not ahead:
-        return "NOT SUPPORTED"
+        return NOT_SUPPORTED
     if ahead and behind:
-        return "INCONCLUSIVE"  # contradictory points
-    return "INCONCLUSIVE" if UNRESOLVED in outcomes or not outcomes else "NOT SUPPORTED"
+        return INCONCLUSIVE  # contradictory points
+    return INCONCLUSIVE if UNRESOLVED in outcomes or not outcomes else NOT_SUPPORTED
 
 
 def verdict_of(outcome: str) -> str:

@@ -12,15 +12,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bnlab.compose import CONFIG_DIR, VERSION_BASE, _one_line, config_groups, load_config
+from bnlab.compose import (
+    CONFIG_DIR,
+    VERSION_BASE,
+    config_groups,
+    hydra_error_line,
+    load_config,
+)
 from bnlab.config import register_configs, validate
 from bnlab.errors import BnlabError
+from bnlab.sweep.adapters import split_grid
 
 ALL = "all"
 
@@ -84,15 +90,15 @@ def expand(overrides: Sequence[str]) -> Sweep:
         assert isinstance(params, dict)
         # Hydra's basic sweeper: the experiment's grid first, the command line after it.
         grid = [f"{k}={v}" for k, v in params.items()] + list(task_overrides)
-        batches = BasicSweeper.split_arguments(parser.parse_overrides(grid), None)
+        grid_jobs = split_grid(parser.parse_overrides(grid))
         launcher = str(hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
         launcher_params = OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
         assert isinstance(launcher_params, dict)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise BnlabError(_one_line(err)) from None
+        raise BnlabError(hydra_error_line(err)) from None
 
     jobs = []
-    for job_overrides in (job for batch in batches for job in batch):
+    for job_overrides in grid_jobs:
         try:
             cfg = load_config(job_overrides)
             validate(cfg)

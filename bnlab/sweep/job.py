@@ -28,30 +28,47 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
+def _launcher() -> DictConfig | None:
+    try:
+        return HydraConfig.get().launcher
+    except ValueError:  # not inside Hydra
+        return None
+
+
+def _local_jobs() -> int:
+    """How many jobs the joblib launcher runs at once on this machine (1 otherwise).
+
+    n_jobs <= 0 means one per core; more jobs than cores are capped at the cores.
+    """
+    launcher = _launcher()
+    if launcher is None or "n_jobs" not in launcher or launcher.get("cpus_per_task"):
+        return 1
+    n_jobs = int(launcher.n_jobs or 1)
+    return _cores() if n_jobs <= 0 else min(n_jobs, _cores())
+
+
 def _threads_per_job() -> int | None:
     """CPU threads for one job when jobs share the machine; None: torch's default.
 
-    joblib runs n_jobs processes at once (n_jobs <= 0 means one per core); submitit
-    gives each job cpus_per_task cores when set.
+    joblib runs n_jobs processes at once; submitit gives each job cpus_per_task
+    cores when set.
     """
-    try:
-        launcher = HydraConfig.get().launcher
-    except ValueError:  # not inside Hydra
-        return None
-    if launcher.get("cpus_per_task"):
+    launcher = _launcher()
+    if launcher is not None and launcher.get("cpus_per_task"):
         return int(launcher.cpus_per_task)
-    if "n_jobs" in launcher:
-        n_jobs = int(launcher.n_jobs or 1)
-        n_jobs = _cores() if n_jobs <= 0 else min(n_jobs, _cores())
-        return max(1, _cores() // n_jobs) if n_jobs > 1 else None
-    return None
+    jobs = _local_jobs()
+    return max(1, _cores() // jobs) if jobs > 1 else None
 
 
 def run_job(cfg: DictConfig) -> str:
     from bnlab.recipe import RunFailed, train
+    from bnlab.train.runtime import share_gpu
 
     OmegaConf.resolve(cfg)
     threads = _threads_per_job()
+    # joblib's n_jobs processes share this machine's one GPU: each gets its share
+    # of the GPU memory (applied only if the run uses CUDA).
+    share_gpu(_local_jobs())
     if cfg.train.threads is None and threads is not None:
         # Processes sharing the cores must not each start a thread per core.
         with open_dict(cfg):

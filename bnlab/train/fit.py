@@ -21,7 +21,7 @@ from bnlab.models.norms import norm_affine_parameters
 from bnlab.store import RunDir
 from bnlab.train.loop import DivergenceGuard, Reporter, evaluate, train_epoch
 from bnlab.train.probes import EpochProbes, probes_enabled, write_probes
-from bnlab.train.runtime import Runtime
+from bnlab.train.runtime import Runtime, compile_model
 from bnlab.train.schedule import lr_factor
 
 
@@ -80,12 +80,16 @@ def fit(
     reporter: Reporter,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     bn_stats_loader: DeviceLoader | None = None,
+    curve_loader: DeviceLoader | None = None,
 ) -> FitResult:
     """Train to cfg.train.epochs (or divergence), resuming from the run's checkpoint.
 
     `on_epoch` receives each new metrics row after it is safely on disk (e.g. a
     wandb sink); rows from before a resume are not sent again. `bn_stats_loader`
-    (shuffled test batches at data.batch_size) is needed by probe.bn_stats only.
+    (shuffled batches at data.batch_size of the curve's test images) is needed by
+    probe.bn_stats only. `curve_loader` (data.curve_test_size) holds the test images
+    of every epoch's evaluation but the last one (or a diverged one), which always
+    uses the whole `test_loader`; each row's `test_images` says which it was.
     """
     epochs = cfg.train.epochs
     # getattr: configs saved before train.only_bn existed lack the key.
@@ -115,6 +119,8 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and rt.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], rt.device)  # bn_noisy draws from it
         guard.initial_loss = state["initial_loss"]
         rows, start_epoch, step = state["rows"], state["epoch"], state["step"]
         elapsed, diverged_epoch = state["elapsed_s"], state["diverged_epoch"]
@@ -126,7 +132,7 @@ def fit(
         probes.at_init()
     resumed_from = start_epoch
 
-    forward = torch.compile(model) if rt.compile else model
+    forward = compile_model(model, rt, lambda: next(iter(train_loader.epoch(0))))
     # A run killed right after checkpointing its diverged epoch is already over.
     first_epoch = epochs if diverged_epoch is not None else start_epoch
     for epoch in range(first_epoch, epochs):
@@ -138,9 +144,17 @@ def fit(
             forward, train_loader, epoch, optimizer, lr_at, step, rt, guard, reporter, before_step
         )
         step += stats.steps
-        test_loss, test_acc = evaluate(forward, test_loader, rt)
+        curve = curve_loader if curve_loader is not None else test_loader
+        # The run's last row is its result (summary.json's test_acc): the whole test set.
+        last = epoch + 1 == epochs or stats.diverged
+        eval_loader = test_loader if last else curve
+        test_loss, test_acc = evaluate(forward, eval_loader, rt)
         if probes is not None:
-            probes.end_epoch(epoch + 1, step, test_acc)
+            # bn_stats compares with batch statistics on the curve's images: its
+            # running-statistics accuracy must be on those same images.
+            same = eval_loader is curve or not cfg.probe.bn_stats
+            running_acc = test_acc if same else evaluate(forward, curve, rt)[1]
+            probes.end_epoch(epoch + 1, step, running_acc)
         elapsed += stats.seconds
         row = {
             "epoch": epoch + 1,
@@ -148,6 +162,7 @@ def fit(
             "train_acc": stats.train_acc,
             "test_loss": test_loss,
             "test_acc": test_acc,
+            "test_images": eval_loader.num_images(),
             "lr": stats.lr,
             "time_s": time.perf_counter() - epoch_start,
             "images_per_s": stats.images / max(stats.seconds, 1e-9),
@@ -163,6 +178,9 @@ def fit(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(rt.device)
+                if rt.device.type == "cuda"
+                else None,
                 "initial_loss": guard.initial_loss,
                 "rows": rows,
                 "elapsed_s": elapsed,

@@ -6,7 +6,8 @@ import contextlib
 import copy
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +16,131 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.data import DeviceLoader
-from bnlab.store import atomic_write_text
+from bnlab.models.norms import GhostBatchNorm2d, group_batch_norm
+from bnlab.store import PROBE_COLUMNS, PROBES_FILE, atomic_write_text
 from bnlab.train.runtime import Runtime
+
+# ----------------------------------------------------------------------------- batch statistics
+#
+# BN "in train mode" at a group size g, without touching anything: every BN layer
+# of a deep copy normalises each run of g consecutive samples by that run's own
+# statistics (bnlab.models.norms.group_batch_norm), its running averages untouched.
+# One forward of a chunk of many groups computes exactly what one forward per group
+# would, in a fraction of the time at small g. Used by batch_stats_accuracy (the
+# bn_stats probe, bn_eval) and bnlab.train.bn_modes.
+
+# Images per forward in a grouped pass, at least: whole batches are concatenated up to it.
+CHUNK_IMAGES = 1024
+
+# Per BN layer of a copy: [sum of the groups' means, of their unbiased variances, groups].
+StatsRecord = dict[nn.Module, list[Any]]
+
+
+def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """The BatchNorm2d layers (the BN variants subclass it), in module order."""
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def statistics_size(model: nn.Module, batch: int) -> int:
+    """How many samples a BN layer's statistics cover when ``model`` trains on ``batch``.
+
+    ``batch`` itself for BN; for Ghost BN the smaller of it and norm.virtual_batch.
+    """
+    ghosts = [m.virtual_batch for m in model.modules() if isinstance(m, GhostBatchNorm2d)]
+    return min([batch, *ghosts])
+
+
+def _grouped_forward(
+    layer: nn.BatchNorm2d, group: int, record: StatsRecord | None, x: torch.Tensor
+) -> torch.Tensor:
+    out, means, variances = group_batch_norm(x, group, layer.weight, layer.bias, layer.eps)
+    if record is not None:
+        sums = record.setdefault(layer, [0.0, 0.0, 0])
+        sums[0] = sums[0] + means.double().sum(0)
+        sums[1] = sums[1] + variances.double().sum(0)
+        sums[2] += means.shape[0]
+    return out
+
+
+@contextlib.contextmanager
+def grouped_statistics(
+    model: nn.Module, group: int, record: StatsRecord | None = None
+) -> Iterator[None]:
+    """Within: every BN layer of ``model`` (a copy: it is patched) uses groups of ``group``.
+
+    The BN variants' own training behaviour (noise, renorm, ghost chunks) is replaced
+    by plain per-group batch statistics. With ``record``, each group's statistics are
+    summed per layer (precise BN).
+    """
+    layers = bn_layers(model)
+    for layer in layers:
+        # An instance attribute shadows the class's forward; deleted again below.
+        layer.forward = partial(_grouped_forward, layer, group, record)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 @torch.no_grad()
-def batch_stats_accuracy(model: nn.Module, loader: DeviceLoader, rt: Runtime) -> float:
-    """Test accuracy when BN normalises with each eval batch's own statistics.
+def grouped_pass(
+    probe: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    group: int,
+    rt: Runtime,
+    record: StatsRecord | None = None,
+) -> tuple[float, int, int]:
+    """(summed cross-entropy, correct, images) of ``probe`` over ``batches`` at group size
+    ``group``; each batch's size must be a multiple of it. Consecutive batches are
+    concatenated into chunks of about CHUNK_IMAGES images, one forward each.
 
-    Runs a deep copy in train mode, so the real model's running averages are
-    never touched. The loader must shuffle (train=True, augment=False): the test
-    set is stored class by class, and a single-class batch would give the batch
-    statistics an unfair bias that random inference batches do not have.
+    ``probe`` must be a copy: it is put in eval mode (the BN layers use their group
+    statistics all the same) and, with ``record``, its layers are the record's keys.
     """
-    probe = copy.deepcopy(model).train()
-    correct, n = 0, 0
-    for x, y in loader.epoch(0):
-        with rt.autocast():
+    probe.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+
+    def forward() -> None:
+        nonlocal loss_sum, correct, n
+        x, y = torch.cat(xs), torch.cat(ys)
+        with grouped_statistics(probe, group, record), rt.autocast():
             logits = probe(x)
+        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         correct += int((logits.argmax(dim=1) == y).sum())
         n += y.numel()
+        xs.clear()
+        ys.clear()
+
+    pending = 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        pending += y.numel()
+        if pending >= CHUNK_IMAGES:
+            forward()
+            pending = 0
+    if xs:
+        forward()
+    return loss_sum, correct, n
+
+
+def batch_stats_accuracy(
+    model: nn.Module, loader: DeviceLoader, rt: Runtime, epoch: int = 0
+) -> float:
+    """Test accuracy when BN normalises with each eval batch's own statistics.
+
+    What ``model`` in train mode gives on the batches of ``loader.epoch(epoch)``
+    (Ghost BN: groups of norm.virtual_batch within each batch), computed on a copy
+    (``grouped_pass``), so the real model's running averages are never touched. The
+    loader must shuffle (train=True, augment=False): the test set is stored class by
+    class, and a single-class batch would give the batch statistics an unfair bias
+    that random inference batches do not have.
+    """
+    group = statistics_size(model, loader.batch_size)
+    _, correct, n = grouped_pass(copy.deepcopy(model), loader.epoch(epoch), group, rt)
     return correct / max(1, n)
 
 
@@ -66,13 +172,11 @@ def bn_eval(
 
 # ----------------------------------------------------------------------------- per-epoch probes
 #
-# Every probe below works on a deep copy of the model inside `_isolated()`, which
+# Every probe below works on a deep copy of the model inside `isolated_rng()`, which
 # restores the global RNG afterwards: the real model's weights, grads, BN running
 # averages and the random stream (noisy norms draw from it) are never touched, so
 # a run's metrics.csv is the same with or without probes.
 
-PROBE_COLUMNS = ("epoch", "step", "probe", "layer", "metric", "value")
-PROBES_FILE = "probes.csv"
 
 ProbeRow = dict[str, Any]
 
@@ -108,7 +212,7 @@ def write_probes(run_path: Path, rows: list[ProbeRow]) -> None:
 
 
 @contextlib.contextmanager
-def _isolated(rt: Runtime) -> Iterator[None]:
+def isolated_rng(rt: Runtime) -> Iterator[None]:
     devices = [rt.device.index or 0] if rt.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         yield
@@ -187,7 +291,7 @@ def activation_stats(
     layers = weight_layers(probe)
     handles = [m.register_forward_hook(hook(name)) for name, m in layers]
     try:
-        with _isolated(rt):
+        with isolated_rng(rt):
             _, grads = _grads(probe, x, y, rt, loss_fn)
     finally:
         for h in handles:
@@ -236,7 +340,7 @@ def ics(
     Gradients are of `loss_fn(model(x), y)` (default: the training loss, cross-entropy).
     """
     probe = copy.deepcopy(model).train()
-    with _isolated(rt):
+    with isolated_rng(rt):
         noise = _SameNoise(rt)
         _, g = _grads(probe, x, y, rt, loss_fn)
         base = {n: p.detach().clone() for n, p in probe.named_parameters()}
@@ -267,7 +371,10 @@ def landscape(
     """The loss along the gradient direction (Santurkar et al. 2018, Sec. 3.1), on this batch.
 
     For eta = m * lr for m in `multiples`: loss(w - eta g) (`loss@m`) and the
-    gradient change ||grad(w) - grad(w - eta g)||_2 (`grad_change@m`). Summaries:
+    gradient change ||grad(w) - grad(w - eta g)||_2 (`grad_change@m`). Always also
+    `loss@0`: the loss at the current weights, i.e. the training loss of this step's
+    batch before its update (train mode, as the training step computes it; free: the
+    pass that computes g). Summaries (over `multiples` only, as before `loss@0`):
     loss_min/loss_max/loss_variation (max - min over the etas), grad_change_max
     (gradient predictiveness), and beta_smoothness = max over eta > 0 of
     grad change / ||eta g|| (nan when no eta > 0). Only the trained parameters
@@ -277,12 +384,14 @@ def landscape(
     probe = copy.deepcopy(model).train()
     losses, changes, betas = [], [], []
     out: list[tuple[str, str, float]] = []
-    with _isolated(rt):
+    with isolated_rng(rt):
         noise = _SameNoise(rt)
-        _, g = _grads(probe, x, y, rt, loss_fn)
+        loss0, g = _grads(probe, x, y, rt, loss_fn)
         base = {n: p.detach().clone() for n, p in probe.named_parameters()}
         names = [n for n in base if n in trained]
         g_norm = _norm([g[n] for n in names])
+        if 0.0 not in multiples:  # else the loop records it (the same value)
+            out.append(("all", "loss@0", loss0))
         for m in multiples:
             eta = m * lr
             _step_copy(probe, base, g, trained, eta)
@@ -364,7 +473,7 @@ class EpochProbes:
     def end_epoch(self, epoch: int, step: int, running_acc: float) -> None:
         if self.cfg.bn_stats:
             assert self.bn_loader is not None
-            with _isolated(self.rt):
+            with isolated_rng(self.rt):
                 batch_acc = batch_stats_accuracy(self.model, self.bn_loader, self.rt)
             # gap > 0: running statistics beat the batch's own at the training batch size.
             values = [

@@ -1,0 +1,356 @@
+"""Every normalisation kind, one entry each: its config schema, its layer, its checks.
+
+A new norm kind is one ``NormKind`` in ``NORM_KINDS`` (plus, if it has settings,
+its dataclass here and a ``conf/norm/<kind>.yaml`` holding only what differs from
+the dataclass defaults) and one test. Everything else reads this table:
+
+- ``bnlab.config`` registers each schema in Hydra's ConfigStore (so
+  ``norm=bn norm.groups=4`` is an unknown-key error) and runs each kind's checks;
+- ``bnlab.models`` builds the layer, and decides whether convolutions keep a bias;
+- ``bnlab train --help`` lists each kind's keys.
+
+This module does not import torch at import time (the CLI's help, the sweep's
+grid checks and the report must stay fast): each builder imports its layer class
+from ``bnlab.models.norms`` when it is called.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from bnlab.errors import BnlabError
+
+# ----------------------------------------------------------------------------- schemas
+
+
+@dataclass
+class NormConfig:
+    kind: str = MISSING
+
+
+@dataclass
+class AffineFields:
+    eps: float = 1e-5
+    affine: bool = True
+
+
+@dataclass
+class RunningStatsFields(AffineFields):
+    momentum: float = 0.1
+
+
+@dataclass
+class NoiseFields:
+    """Santurkar et al.'s (2018) shifting noise; see bnlab.models.norms.ActivationNoise.
+
+    Each step and channel: mu ~ U(-noise_mean, noise_mean), sigma ~ U(1, 1 + noise_scale);
+    each activation: out = x * s + m, s ~ sigma * (1 + j U(-0.5, 0.5)),
+    m ~ mu + j sigma Z, Z ~ U(-sqrt 3, sqrt 3) (mean 0, variance 1; model.revision 1
+    drew Z ~ N(0, 1)), j = noise_jitter (1: as large as the signal).
+    """
+
+    noise_mean: float = 0.5
+    noise_scale: float = 1.0
+    noise_jitter: float = 0.25
+
+
+@dataclass
+class BatchNormConfig(RunningStatsFields, NormConfig):
+    """BatchNorm (Ioffe & Szegedy 2015); eval uses the running statistics."""
+
+    kind: str = "bn"
+    track_running_stats: bool = True
+
+
+@dataclass
+class NoNormConfig(NormConfig):
+    """No normalisation; convolutions keep their biases."""
+
+    kind: str = "none"
+
+
+@dataclass
+class GroupNormConfig(AffineFields, NormConfig):
+    """GroupNorm (Wu & He 2018); 8 groups, since the first stage has only 16 channels."""
+
+    kind: str = "gn"
+    groups: int = 8  # must divide model.width (channels of the first stage)
+
+
+@dataclass
+class LayerNormConfig(AffineFields, NormConfig):
+    """LayerNorm for conv nets: each sample normalised over (C, H, W), i.e. GroupNorm(1, C)."""
+
+    kind: str = "ln"
+
+
+@dataclass
+class InstanceNormConfig(AffineFields, NormConfig):
+    """InstanceNorm: each sample and channel normalised over (H, W), i.e. GroupNorm(C, C)."""
+
+    kind: str = "in"
+
+
+@dataclass
+class NoisyBatchNormConfig(NoiseFields, BatchNormConfig):
+    """BN followed, in training only, by Santurkar et al.'s noise. Eval: plain BN."""
+
+    kind: str = "bn_noisy"
+
+
+@dataclass
+class NoisyNoNormConfig(NoiseFields, NormConfig):
+    """The noise of bn_noisy with no BN in front of it. Eval: no noise."""
+
+    kind: str = "none_noisy"
+
+
+@dataclass
+class GhostBatchNormConfig(RunningStatsFields, NormConfig):
+    """Ghost BN (Hoffer et al. 2017): training statistics over sub-batches of virtual_batch."""
+
+    kind: str = "ghost_bn"
+    virtual_batch: int = 32  # must divide data.batch_size
+
+
+@dataclass
+class BatchRenormConfig(RunningStatsFields, NormConfig):
+    """Batch Renormalization (Ioffe 2017): r, d clipped to r_max, d_max, relaxed linearly
+    from 1 and 0 over warmup_steps training steps. Eval: running statistics."""
+
+    kind: str = "batch_renorm"
+    r_max: float = 3.0
+    d_max: float = 5.0
+    warmup_steps: int = 5000  # Ioffe's: plain BN for the first 5k steps, then relaxed
+
+
+@dataclass
+class WeightNormConfig(NormConfig):
+    """Weight normalisation (Salimans & Kingma 2016): no norm layer; every conv/linear
+    weight is g * v / ||v|| (one g per output channel). Convolutions keep their biases."""
+
+    kind: str = "weight_norm"
+
+
+# ----------------------------------------------------------------------------- checks
+
+Check = Callable[[Any, Any], None]  # (norm node, whole config) -> raise BnlabError
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise BnlabError(message)
+
+
+def check_eps(n: Any, cfg: Any) -> None:
+    _require(math.isfinite(n.eps) and n.eps > 0, f"norm.eps={n.eps} must be a positive number")
+
+
+def check_momentum(n: Any, cfg: Any) -> None:
+    _require(0.0 <= n.momentum <= 1.0, f"norm.momentum={n.momentum} must be in [0, 1]")
+
+
+def check_groups(n: Any, cfg: Any) -> None:
+    _require(n.groups > 0, f"norm.groups={n.groups} must be a positive number")
+    width = cfg.model.width
+    _require(
+        width % n.groups == 0,
+        f"norm.groups={n.groups} must divide model.width={width} (channels per stage)",
+    )
+
+
+def check_noise(n: Any, cfg: Any) -> None:
+    for key, value in _noise(n).items():
+        _require(value >= 0.0, f"norm.{key}={value} must be >= 0")
+
+
+def check_virtual_batch(n: Any, cfg: Any) -> None:
+    _require(n.virtual_batch > 0, f"norm.virtual_batch={n.virtual_batch} must be a positive number")
+    # Equal ghost batches only: a smaller last one would be normalised more noisily.
+    batch = cfg.data.batch_size
+    _require(
+        batch % n.virtual_batch == 0,
+        f"norm.virtual_batch={n.virtual_batch} must divide data.batch_size={batch}",
+    )
+
+
+def check_renorm(n: Any, cfg: Any) -> None:
+    _require(n.r_max >= 1.0, f"norm.r_max={n.r_max} must be >= 1")
+    _require(n.d_max >= 0.0, f"norm.d_max={n.d_max} must be >= 0")
+    _require(n.warmup_steps >= 0, f"norm.warmup_steps={n.warmup_steps} must be >= 0")
+
+
+# ----------------------------------------------------------------------------- builders
+# Each imports its layer when called: this module stays importable without torch.
+
+
+def _bn_kwargs(n: Any) -> dict[str, Any]:
+    # ghost_bn and batch_renorm have no track_running_stats key: they always track.
+    tracked = getattr(n, "track_running_stats", True)
+    return {
+        "eps": n.eps,
+        "momentum": n.momentum,
+        "affine": n.affine,
+        "track_running_stats": tracked,
+    }
+
+
+def build_bn(n: Any, channels: int) -> Any:
+    from torch import nn
+
+    return nn.BatchNorm2d(channels, **_bn_kwargs(n))
+
+
+def build_identity(n: Any, channels: int) -> Any:
+    # An Identity (not a missing attribute) keeps every block's layout and module
+    # names the same across kinds, so probes and hooks need no cases.
+    from torch import nn
+
+    return nn.Identity()
+
+
+def build_groups(groups: Callable[[Any, int], int]) -> Callable[[Any, int], Any]:
+    """GroupNorm with `groups(n, channels)` groups: GN, and LN (1) and IN (C) as its
+    special cases -- LN/IN in the sense of the BN/GN literature (Wu & He 2018): one
+    code path, a per-channel affine, no spatial size needed at build time."""
+
+    def build(n: Any, channels: int) -> Any:
+        from torch import nn
+
+        g = groups(n, channels)
+        if channels % g != 0:
+            raise ValueError(
+                f"norm.groups={g} does not divide {channels} channels; "
+                "GroupNorm needs a group count that divides every layer's width"
+            )
+        return nn.GroupNorm(g, channels, eps=n.eps, affine=n.affine)
+
+    return build
+
+
+def build_noisy_bn(n: Any, channels: int) -> Any:
+    from bnlab.models.norms import NoisyBatchNorm2d
+
+    return NoisyBatchNorm2d(channels, **_noise(n), **_bn_kwargs(n))
+
+
+def build_noise(n: Any, channels: int) -> Any:
+    from bnlab.models.norms import ActivationNoise
+
+    return ActivationNoise(**_noise(n))
+
+
+def build_ghost_bn(n: Any, channels: int) -> Any:
+    from bnlab.models.norms import GhostBatchNorm2d
+
+    return GhostBatchNorm2d(channels, n.virtual_batch, **_bn_kwargs(n))
+
+
+def build_renorm(n: Any, channels: int) -> Any:
+    from bnlab.models.norms import BatchRenorm2d
+
+    return BatchRenorm2d(
+        channels, n.r_max, n.d_max, n.warmup_steps, eps=n.eps, momentum=n.momentum, affine=n.affine
+    )
+
+
+def weight_norm_layer(layer: Any) -> Any:
+    # dim=0: one g per output channel (conv) or output unit (linear).
+    from torch.nn.utils import parametrizations
+
+    return parametrizations.weight_norm(layer, name="weight", dim=0)
+
+
+def _noise(n: Any) -> dict[str, float]:
+    return {k: float(getattr(n, k)) for k in ("noise_mean", "noise_scale", "noise_jitter")}
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class NormKind:
+    schema: type[NormConfig]
+    build: Callable[[Any, int], Any]  # (norm node, channels) -> the layer
+    # A conv bias is wasted in front of a layer that subtracts a mean (and adds its
+    # own learned shift); it is only needed when nothing follows the conv.
+    conv_bias: bool
+    checks: Sequence[Check] = ()
+    # Applied to every Conv2d/Linear after initialisation (weight norm must see the
+    # initialised weight: it sets g = ||w||, so the function is unchanged).
+    wrap_layer: Callable[[Any], Any] | None = None
+    # No normalisation at all: what Fixup/SkipInit replace. (weight_norm is not:
+    # Fixup's zero-initialised convs have no direction v / ||v||.)
+    norm_free: bool = False
+    keys: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(f for f in self.schema.__dataclass_fields__ if f != "kind")
+        object.__setattr__(self, "keys", names)
+
+    @property
+    def affine(self) -> bool:
+        """Has learnable gamma/beta (train.only_bn needs them)."""
+        return "affine" in self.keys
+
+
+_BN_CHECKS = (check_eps, check_momentum)
+
+NORM_KINDS: dict[str, NormKind] = {
+    "bn": NormKind(BatchNormConfig, build_bn, conv_bias=False, checks=_BN_CHECKS),
+    "none": NormKind(NoNormConfig, build_identity, conv_bias=True, norm_free=True),
+    "gn": NormKind(
+        GroupNormConfig,
+        build_groups(lambda n, c: n.groups),
+        conv_bias=False,
+        checks=(check_eps, check_groups),
+    ),
+    "ln": NormKind(
+        LayerNormConfig, build_groups(lambda n, c: 1), conv_bias=False, checks=(check_eps,)
+    ),
+    "bn_noisy": NormKind(
+        NoisyBatchNormConfig, build_noisy_bn, conv_bias=False, checks=(*_BN_CHECKS, check_noise)
+    ),
+    # Noise without BN: its shift is not learned, so the convs keep their biases.
+    "none_noisy": NormKind(
+        NoisyNoNormConfig, build_noise, conv_bias=True, checks=(check_noise,), norm_free=True
+    ),
+    "ghost_bn": NormKind(
+        GhostBatchNormConfig,
+        build_ghost_bn,
+        conv_bias=False,
+        checks=(*_BN_CHECKS, check_virtual_batch),
+    ),
+    "batch_renorm": NormKind(
+        BatchRenormConfig, build_renorm, conv_bias=False, checks=(*_BN_CHECKS, check_renorm)
+    ),
+    "in": NormKind(
+        InstanceNormConfig, build_groups(lambda n, c: c), conv_bias=False, checks=(check_eps,)
+    ),
+    "weight_norm": NormKind(
+        WeightNormConfig, build_identity, conv_bias=True, wrap_layer=weight_norm_layer
+    ),
+}
+NORM_FREE_KINDS = tuple(k for k, v in NORM_KINDS.items() if v.norm_free)
+
+
+def norm_kind(kind: str) -> NormKind:
+    try:
+        return NORM_KINDS[kind]
+    except KeyError:
+        known = ", ".join(NORM_KINDS)
+        raise ValueError(f"unknown norm kind {kind!r}; known kinds: {known}") from None
+
+
+def check_norm(cfg: Any) -> None:
+    """The value checks of cfg.norm's kind (its type checks are Hydra's)."""
+    kind = cfg.norm.kind
+    if kind not in NORM_KINDS:
+        raise BnlabError(f"norm={kind!r} is not one of: {', '.join(NORM_KINDS)}")
+    for check in NORM_KINDS[kind].checks:
+        check(cfg.norm, cfg)

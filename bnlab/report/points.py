@@ -1,0 +1,89 @@
+"""Grid points: the accuracy a run counts with, and looking points up by norm or arm.
+
+A grid point is one row of `stats.aggregate`: the config values that define it, and
+mean/std/n of a value over its seeds. Points are keyed by norm (`norm.kind`) or by
+arm (an `arm` column, e.g. "fixup" or "ghost_bn/4"): `by` says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from bnlab.report.cells import acc_cell, pct
+from bnlab.report.stats import Comparison
+
+CHANCE_ACC = 0.1  # 10 classes: a diverged run scores chance wherever accuracy is averaged
+# "Learns": clearly above chance. A net stuck near 10% is within a few pp of its own
+# best when its best is chance too, yet it does not train.
+LEARNS_ABOVE_CHANCE = 0.10
+LEARNS = CHANCE_ACC + LEARNS_ABOVE_CHANCE
+NORM_ORDER = ("bn", "gn", "ln", "none")
+
+
+def with_acc(runs: pd.DataFrame, column: str = "test_acc", name: str = "acc") -> pd.DataFrame:
+    """`name`: the final `column` accuracy, chance for a diverged run (it learned
+    nothing usable)."""
+    return runs.assign(**{name: runs[column].where(runs["status"].ne("diverged"), CHANCE_ACC)})
+
+
+def values_of(pts: pd.DataFrame, who: str, key: str, by: str = "norm.kind") -> set[Any]:
+    """The `key` values tried with `who` (a norm, or an arm label when `by` is "arm")."""
+    return set(pts.loc[pts[by].eq(who), key].dropna())
+
+
+def point(pts: pd.DataFrame, who: str, value: Any, key: str, by: str = "norm.kind") -> pd.Series:
+    """The point of `who` at `key` = `value`."""
+    return pts[pts[by].eq(who) & pts[key].eq(value)].iloc[0]
+
+
+def flag(runs: pd.DataFrame, key: str) -> pd.Series:
+    """A boolean config switch per run (False where the key is missing)."""
+    if key not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs[key].map(lambda v: v is True or v == "True" or v == 1).astype(bool)
+
+
+def aggregate_aligned(
+    per_run: pd.DataFrame, keys: list[str], column: str, pts: pd.DataFrame, how: str = "mean"
+) -> Any:
+    """`column` aggregated (`how`: mean, sum, ...) per grid point, aligned with `pts`
+    (same keys, same order)."""
+    agg = per_run.groupby(keys, dropna=False)[column].agg(how).rename(column).reset_index()
+    return pts[keys].merge(agg, on=keys, how="left")[column].to_numpy()
+
+
+def comparison_numbers(name: str, comp: Comparison) -> dict[str, Any]:
+    """A comparison as deciding numbers: the difference, its margin (pp), the outcome."""
+    return {
+        f"{name}_pp": pct(comp.diff),
+        f"{name}_margin_pp": pct(comp.margin),
+        f"{name}_outcome": comp.outcome,
+    }
+
+
+def pivot(
+    pts: pd.DataFrame,
+    key: str,
+    label: str,
+    by: str = "norm.kind",
+    order: Sequence[str] = NORM_ORDER,
+    cell: str | None = None,
+) -> pd.DataFrame:
+    """Norms (or arms: `by`) as rows, in `order` then by name; `key` values as columns;
+    "mean ± std" cells (n in the cell), or the text of column `cell` when given."""
+
+    def rank(name: str) -> tuple[int, str]:
+        return (order.index(name) if name in order else len(order), name)
+
+    rows = sorted(set(pts[by]), key=rank)
+    table = pd.DataFrame({"norm" if by == "norm.kind" else by: rows})
+    for value in sorted(set(pts[key])):
+        sub = pts[pts[key].eq(value)].set_index(by)
+        table[f"{label} {value:g} acc %"] = [
+            (sub.loc[n, cell] if cell else acc_cell(sub.loc[n])) if n in sub.index else "–"
+            for n in rows
+        ]
+    return table

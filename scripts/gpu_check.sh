@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# The one command to run on a lent GPU machine (no network there): installs bnlab's
+# missing packages from wheelhouse/, prints the device, runs the GPU tests, the
+# throughput benchmarks, the `experiment=all preset=gpu` sweep and the report, and
+# leaves in OUT_DIR what a commit needs, as at most 8 files:
+#
+#   status.json     each step's exit code, seconds and outcome; the device; what was cut
+#   check.log       everything printed (device, pytest, benchmarks, the sweep's table)
+#   bench.json      scripts/bench_throughput.py --variants auto (pipelines x precision,
+#                   memory format, eager / compile / CUDA graphs)
+#   scaling.json    the same with 1, 2, 4, 8 training processes sharing the GPU
+#   runs.tar.gz     the run store without checkpoints (config, metrics, summary, probes)
+#   resume.tar.gz   checkpoints of the unfinished runs, at most 15 MiB (the next slot
+#                   resumes them; ones that do not fit restart from scratch)
+#   report.tar.gz   `bnlab report` over the finished runs (report.md/html, figures, csv)
+#
+# It stops at --minutes (default 9: a lent GPU runs one command for at most 10 minutes):
+# each step gets what is left, the sweep is interrupted cleanly (every run keeps its
+# last epoch's checkpoint) and the files are written anyway. The sweep is resumable:
+# unpack runs.tar.gz and resume.tar.gz into the runs folder (default runs/gpu), carry
+# it, and run again -- finished runs are skipped, unfinished ones resume.
+#
+#   scripts/gpu_check.sh OUT_DIR                        # everything, 9 minutes
+#   scripts/gpu_check.sh --steps sweep,report OUT_DIR   # a later slot: the sweep goes on
+#   scripts/gpu_check.sh --smoke OUT_DIR                # the same sequence on CPU, minutes
+#
+# Options: --smoke (CPU, preset=smoke, tiny benchmarks); --no-install (use $PYTHON's
+# own packages, no wheelhouse); --minutes M; --n-jobs N (runs sharing the GPU in the
+# sweep, default 4); --runs DIR; --steps LIST (of tests,bench,scaling,sweep,report).
+# $PYTHON picks the interpreter (default python3: the device's, with its CUDA torch).
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+SMOKE=0 INSTALL=1 MINUTES=9 NJOBS=4 RUNS="" STEPS="tests,bench,scaling,sweep,report" OUT=""
+RESERVE_S=60    # kept back from the sweep for the report and the files
+RESUME_CAP=$((15 * 1024 * 1024))
+
+die() { echo "gpu_check: error: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) SMOKE=1 ;;
+        --no-install) INSTALL=0 ;;
+        --minutes) MINUTES="${2:-}"; shift ;;
+        --n-jobs) NJOBS="${2:-}"; shift ;;
+        --runs) RUNS="${2:-}"; shift ;;
+        --steps) STEPS="${2:-}"; shift ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) [ -z "$OUT" ] || die "one OUT_DIR only, got '$OUT' and '$1'"; OUT="$1" ;;
+    esac
+    shift
+done
+[ -n "$OUT" ] || die "usage: scripts/gpu_check.sh [--smoke] [--minutes M] ... OUT_DIR"
+[[ "$MINUTES" =~ ^[0-9]*[1-9][0-9]*([.][0-9]+)?$|^[0-9]*[.][0-9]*[1-9][0-9]*$ ]] ||
+    die "--minutes must be a positive number, got '$MINUTES'"
+[[ "$NJOBS" =~ ^[1-9][0-9]*$ ]] || die "--n-jobs must be a positive integer, got '$NJOBS'"
+for step in ${STEPS//,/ }; do
+    [[ " tests bench scaling sweep report " == *" $step "* ]] ||
+        die "unknown step '$step' in --steps (tests, bench, scaling, sweep, report)"
+done
+mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || die "cannot write to OUT_DIR '$OUT'"
+[ -z "$(ls -A "$OUT")" ] || die "OUT_DIR '$OUT' is not empty (it receives at most 8 new files)"
+OUT="$(cd "$OUT" && pwd)"
+
+LIMIT_S=$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 }')
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+if [ -z "$RUNS" ]; then
+    RUNS="$REPO/runs/gpu"
+    [ "$SMOKE" = 1 ] && RUNS="$WORK/runs"
+fi
+mkdir -p "$RUNS" && RUNS="$(cd "$RUNS" && pwd)"
+LOG="$OUT/check.log"
+STEPLOG="$WORK/steps.tsv"
+: >"$STEPLOG"
+exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
+
+left() { echo $((LIMIT_S - SECONDS)); }
+# run_step NAME CAP_S COMMAND...: run under a time limit (SIGINT first, as Ctrl-C; the
+# sweep then stops cleanly), record exit code and seconds; never stop the script.
+run_step() {
+    local name="$1" cap="$2" budget rc start
+    shift 2
+    budget=$(( $(left) - RESERVE_S ))
+    [ "$name" = report ] && budget=$(left)
+    [ "$cap" -gt 0 ] && [ "$cap" -lt "$budget" ] && budget="$cap"
+    if [ "$budget" -lt 15 ]; then
+        echo "== $name: skipped, $(left) s left"
+        printf '%s\t%s\t%s\n' "$name" "skipped" 0 >>"$STEPLOG"
+        return
+    fi
+    echo "== $name (at most ${budget} s): $*"
+    start=$SECONDS
+    timeout --signal=INT --kill-after=30 "$budget" "$@"
+    rc=$?
+    printf '%s\t%s\t%s\n' "$name" "$rc" $((SECONDS - start)) >>"$STEPLOG"
+    echo "== $name: exit $rc after $((SECONDS - start)) s"
+}
+wants() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+# ---------------------------------------------------------------- environment
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ "$INSTALL" = 1 ]; then
+    compgen -G "$REPO/wheelhouse/*.whl" >/dev/null ||
+        die "no wheels in $REPO/wheelhouse (run 'make wheelhouse' here and carry wheelhouse/)"
+    echo "== install: wheelhouse/*.whl -> $WORK/site"
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --disable-pip-version-check --target "$WORK/site" "$REPO"/wheelhouse/*.whl ||
+        die "pip could not install the wheelhouse"
+    export PYTHONPATH="$WORK/site:$PYTHONPATH"
+fi
+BNLAB=("$PYTHON" -m bnlab)
+cd "$REPO"
+echo "== device"
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+"$PYTHON" - <<'EOF' | tee "$WORK/device.json"
+import json, platform
+from importlib.metadata import PackageNotFoundError, version
+import bnlab, hydra, omegaconf, torch
+cuda = torch.cuda.is_available()
+def have(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+deps = "typer rich pandas matplotlib numpy pillow joblib cloudpickle pyyaml torchvision submitit"
+print(json.dumps({
+    "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+    "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+    "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
+    "gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
+    "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+    "hydra": hydra.__version__, "omegaconf": omegaconf.__version__, "hydra_from": hydra.__file__,
+    "bnlab_from": bnlab.__file__,
+    "packages": {name: have(name) for name in deps.split()},
+}))
+EOF
+[ "${PIPESTATUS[0]}" = 0 ] || die "$PYTHON cannot import torch, hydra, omegaconf and bnlab"
+# Decode the bundled CIFAR-10 into data/cache once (a fresh machine has no cache), before
+# benchmark or sweep processes would each start decoding it at the same time.
+echo "== data"
+"$PYTHON" -c "import time; t = time.time()
+from bnlab.config import DataConfig
+from bnlab.data import load_dataset
+d = load_dataset(DataConfig(name='cifar10_jpeg'))
+print(f'{d.variant}: {len(d.train_y)} + {len(d.test_y)} images in {time.time() - t:.1f} s')" ||
+    die "the bundled dataset does not load (data/cifar10-jpeg.tar.gz travels with the tree)"
+
+# ---------------------------------------------------------------- the steps
+if [ "$SMOKE" = 1 ]; then
+    BENCH=(--train-size 512 --steps 2 --repeats 1 --workers 0 --variants fp32-cl-eager)
+    SCALING=(--train-size 512 --steps 2 --scaling 1,2)
+    # Four 1-epoch runs (lr 50 diverges) through the same launcher, then their report.
+    SWEEP=(preset=smoke "norm=bn,none" "optim.lr=0.05,50" train.epochs=1)
+    NJOBS=2
+else
+    BENCH=(--variants auto --steps 100 --repeats 3 --workers 8)
+    SCALING=(--steps 200 --scaling 1,2,4,8)
+    SWEEP=(experiment=all preset=gpu)
+fi
+if wants tests; then
+    run_step tests 180 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests
+fi
+if wants bench; then
+    run_step bench 180 "$PYTHON" scripts/bench_throughput.py "${BENCH[@]}" --out "$OUT/bench.json"
+fi
+if wants scaling; then
+    run_step scaling 120 "$PYTHON" scripts/bench_throughput.py "${SCALING[@]}" \
+        --out "$OUT/scaling.json"
+fi
+if wants sweep; then
+    run_step sweep 0 "${BNLAB[@]}" sweep "${SWEEP[@]}" "paths.runs=$RUNS" \
+        hydra/launcher=joblib "hydra.launcher.n_jobs=$NJOBS"
+fi
+finished() { grep -qE '"status": "(completed|diverged)"' "$1/summary.json" 2>/dev/null; }
+any_finished() {
+    local run
+    for run in "$RUNS"/*/; do finished "$run" && return 0; done
+    return 1
+}
+if wants report; then
+    if any_finished; then
+        run_step report 0 "${BNLAB[@]}" report --runs "$RUNS" --out "$WORK/report"
+    else  # e.g. the time limit came before the first run finished: nothing to report yet
+        echo "== report: skipped, no finished run in $RUNS"
+        printf '%s\t%s\t%s\n' report "no runs" 0 >>"$STEPLOG"
+    fi
+fi
+
+# ---------------------------------------------------------------- the files
+if compgen -G "$RUNS/*/config.yaml" >/dev/null; then
+    tar -czf "$OUT/runs.tar.gz" -C "$RUNS" --exclude='checkpoint*.pt' --exclude=.lock \
+        --exclude='.sweeps' --exclude='wandb' .
+fi
+resume=() dropped=() size=0
+for ckpt in "$RUNS"/*/checkpoint.pt; do
+    [ -f "$ckpt" ] || continue
+    run="$(dirname "$ckpt")"
+    finished "$run" && continue
+    bytes=$(stat -c %s "$ckpt")
+    if [ $((size + bytes)) -le "$RESUME_CAP" ]; then
+        resume+=("$(basename "$run")/checkpoint.pt")
+        size=$((size + bytes))
+    else
+        dropped+=("$(basename "$run")")
+    fi
+done
+[ ${#resume[@]} -gt 0 ] && tar -czf "$OUT/resume.tar.gz" -C "$RUNS" "${resume[@]}"
+[ -d "$WORK/report" ] && tar -czf "$OUT/report.tar.gz" -C "$WORK" report
+
+"$PYTHON" - "$STEPLOG" "$WORK/device.json" "$RUNS" "$MINUTES" "$SMOKE" "${dropped[@]}" \
+    >"$OUT/status.json" <<'EOF'
+import json, sys
+from pathlib import Path
+steplog, device, runs, minutes, smoke, *dropped = sys.argv[1:]
+steps = {}
+for line in Path(steplog).read_text().splitlines():
+    name, rc, seconds = line.split("\t")
+    outcome = {"0": "ok", "124": "time limit", "skipped": "skipped (no time left)",
+               "no runs": "skipped (no finished run)"}
+    steps[name] = {"exit": rc, "seconds": int(seconds), "outcome": outcome.get(rc, "failed")}
+states = {}
+for run in Path(runs).iterdir():
+    if run.is_dir() and not run.name.startswith("."):
+        try:
+            state = json.loads((run / "summary.json").read_text()).get("status", "failed")
+        except (OSError, ValueError):
+            state = "unfinished"
+        states[state] = states.get(state, 0) + 1
+device = json.loads(Path(device).read_text())
+print(json.dumps({
+    "smoke": smoke == "1", "minutes": float(minutes), "device": device,
+    "steps": steps, "runs": states, "resume_dropped": dropped,
+}, indent=2))
+EOF
+echo "== files in $OUT:"
+ls -l "$OUT"
+exec >&- 2>&-
+wait "$TEE_PID"  # check.log complete before the caller reads it
+# Exit 0 when every step that ran finished or hit the time limit; 1 when one failed.
+awk -F'\t' '$2 !~ /^(0|124|skipped|no runs)$/ { bad = 1 } END { exit bad }' "$STEPLOG"
