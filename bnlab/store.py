@@ -237,25 +237,25 @@ class RunBusy(Exception):
     """Another process holds this run's lock (e.g. an overlapping sweep)."""
 
 
+class _InRun:
+    """A file of a run folder, by name: `RunDir(p).summary_file == p / "summary.json"`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: RunDir, owner: type | None = None) -> Path:
+        return run.path / self.name
+
+
 @dataclass
 class RunDir:
     path: Path
 
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.csv"
-
-    @property
-    def summary_file(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def checkpoint_file(self) -> Path:
-        return self.path / "checkpoint.pt"
+    config_file = _InRun("config.yaml")
+    metrics_file = _InRun("metrics.csv")
+    summary_file = _InRun("summary.json")
+    checkpoint_file = _InRun("checkpoint.pt")
+    previous_checkpoint_file = _InRun("checkpoint.prev.pt")
 
     def summary(self) -> dict[str, Any] | None:
         try:
@@ -309,10 +309,6 @@ class RunDir:
     def clear_summary(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.summary_file.unlink()
-
-    @property
-    def previous_checkpoint_file(self) -> Path:
-        return self.path / "checkpoint.prev.pt"
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write `state` as checkpoint.pt, keeping the one it replaces as checkpoint.prev.pt.

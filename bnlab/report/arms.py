@@ -45,10 +45,13 @@ def statistics_batch_runs(
     runs: pd.DataFrame, extra: pd.Series | None = None
 ) -> tuple[pd.DataFrame, Setting | None, list[str]]:
     """The statistics-batch experiment: optimisation batch 128, lr 0.1; arms bn, ghost_bn/g,
-    gn, ln (and `extra`). `stat_batch` is g for the BN arms (128 for bn), NaN for GN/LN."""
+    gn, ln (and `extra`). `stat_batch` is g for the BN arms (128 for bn), NaN for GN/LN.
+    Empty without a BN arm: every section that reads it compares with BN."""
     kinds = runs["norm.kind"].isin(["bn", "ghost_bn", "gn", "ln"])
     arms = arm_labels(runs[kinds]).unique().tolist()
     sel, setting, notes = select_arms(runs, [], arms, extra)
+    if sel.empty or BN not in set(sel["arm"]):
+        sel = sel.iloc[:0]
     vb = sel.get("norm.virtual_batch", pd.Series(np.nan, index=sel.index)).astype(float)
     batch = sel["data.batch_size"].astype(float)
     stat = np.where(

@@ -43,6 +43,7 @@ from bnlab.report.core import (
     Finding,
     Rule,
     Verdict,
+    compared,
     no_data,
     overall,
     section,
@@ -58,7 +59,7 @@ from bnlab.report.intervals import (
 from bnlab.report.load import RunTables
 from bnlab.report.points import CHANCE_ACC, pivot, with_acc
 from bnlab.report.probe_maths import bn_eval_long
-from bnlab.report.select import STANDARD, arm_labels, linear_lr, select
+from bnlab.report.select import STANDARD, arm_labels, bn_eval_probed, linear_lr, select
 
 # ----------------------------------------------------------------------------- constants
 
@@ -198,9 +199,7 @@ def lr_claim(tables: RunTables) -> Finding:
             "test acc % [95% CI]": ci_cells(pts),
         }
     )
-    return Finding(
-        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
-    )
+    return compared(rows, numbers, evidence, setting, notes, {"points": pts})
 
 
 def _largest_trainable(runs: pd.DataFrame, best: float) -> dict[int, float]:
@@ -302,9 +301,7 @@ def depth_claim(tables: RunTables) -> Finding:
     evidence = ci_table(
         pts.assign(architecture=arch), ["architecture", "arm"], "model.depth", "depth {:g} acc %"
     )
-    return Finding(
-        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
-    )
+    return compared(rows, numbers, evidence, setting, notes, {"points": pts})
 
 
 # ----------------------------------------------------------------------------- convergence
@@ -373,9 +370,7 @@ def convergence_claim(tables: RunTables) -> Finding:
     ids = at_best[["run_id", "arm", "optim.lr"]].rename(columns={"arm": "norm.kind"})
     data = {"curves": curves.merge(ids, on="run_id")}
     numbers["curve_lr"] = "each arm at its best lr"
-    return Finding(
-        overall(rows), numbers, pd.DataFrame(table), setting, notes, data, comparisons=rows
-    )
+    return compared(rows, numbers, pd.DataFrame(table), setting, notes, data)
 
 
 def _epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:
@@ -470,9 +465,7 @@ def init_claim(tables: RunTables) -> Finding:
         order=(BN, *NO_BN_ARMS),
         cell="cell",
     )
-    return Finding(
-        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
-    )
+    return compared(rows, numbers, evidence, setting, notes, {"points": pts})
 
 
 # ----------------------------------------------------------------------------- regularization
@@ -548,9 +541,7 @@ def regularization_claim(tables: RunTables) -> Finding:
     evidence = pd.DataFrame(points).drop(columns=["mean", "n"], errors="ignore")
     data = {"points": pd.DataFrame(points)}
     figures = None if points else ()
-    return Finding(
-        overall(rows), numbers, evidence, setting, notes, data, figures=figures, comparisons=rows
-    )
+    return compared(rows, numbers, evidence, setting, notes, data, figures)
 
 
 def _gap_at(runs: pd.DataFrame, curves: pd.DataFrame, level: float) -> pd.DataFrame:
@@ -609,7 +600,7 @@ def _gap_at(runs: pd.DataFrame, curves: pd.DataFrame, level: float) -> pd.DataFr
 )
 def batch_claim(tables: RunTables) -> Finding:
     sel, setting, notes = statistics_batch_runs(tables.runs)
-    if sel.empty or BN not in set(sel["arm"]):
+    if sel.empty:
         return no_data(notes)
     pts = point_table(sel[sel["stat_batch"].notna()], ["stat_batch"], "acc")
     rows: list[Verdict] = []
@@ -712,8 +703,7 @@ def _wu_he(runs: pd.DataFrame) -> tuple[pd.DataFrame, Verdict | None]:
 )
 def inference_claim(tables: RunTables) -> Finding:
     runs = tables.runs
-    has_probe = runs.get("bn_eval.running_stats_acc", pd.Series(np.nan, index=runs.index))
-    extra = linear_lr(runs) & has_probe.notna() & runs["status"].eq("completed")
+    extra = bn_eval_probed(runs)
     fixed = {
         k: STANDARD[k]
         for k in ("model.depth", "model.residual", "model.init", "model.init_scale", "data.augment")
@@ -753,9 +743,7 @@ def inference_claim(tables: RunTables) -> Finding:
         )
         numbers[f"train_batch_{int(batch)}_running_acc_pct"] = pct(run_e.mean)
     data = {"points": pts, "running": running}
-    return Finding(
-        overall(rows), numbers, pd.DataFrame(table), setting, notes, data, comparisons=rows
-    )
+    return compared(rows, numbers, pd.DataFrame(table), setting, notes, data)
 
 
 # ----------------------------------------------------------------------------- norms

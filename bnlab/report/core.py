@@ -113,6 +113,20 @@ class Finding:
     comparisons: list[Verdict] = field(default_factory=list)  # one per arm compared
 
 
+def compared(
+    rows: list[Verdict],
+    numbers: dict[str, Any],
+    evidence: pd.DataFrame,
+    setting: Setting | None,
+    notes: list[str],
+    data: dict[str, pd.DataFrame],
+    figures: Sequence[str] | None = None,
+) -> Finding:
+    """A section decided by comparisons: `rows` are its verdict rows, the headline their
+    common verdict (`overall`)."""
+    return Finding(overall(rows), numbers, evidence, setting, notes, data, figures, rows)
+
+
 def no_data(notes: list[str]) -> Finding:
     """No run matched the section's selection: nothing to decide, nothing to draw."""
     return Finding(NO_DATA, notes=notes, figures=())

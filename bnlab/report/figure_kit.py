@@ -12,6 +12,7 @@ import math
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -103,6 +104,11 @@ def finish(fig: Figure, result: ClaimResult, what: str) -> Figure:
     caption = result.setting.caption if result.setting else ""
     fig.suptitle(f"{result.title}: {what}\n{caption}", fontsize=11)
     return fig
+
+
+def norm_line(ax: Axes, x: Any, y: Any, norm: str, ms: float = 4) -> None:
+    """One norm's line with markers, in its colour and under its label."""
+    ax.plot(x, y, color=norm_colour(norm), marker="o", ms=ms, label=norm_label(norm))
 
 
 def errorbar(

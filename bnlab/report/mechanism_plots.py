@@ -29,6 +29,7 @@ from bnlab.report.figure_kit import (
     new_figure,
     norm_colour,
     norm_label,
+    norm_line,
     norms_in,
     y_top,
 )
@@ -60,14 +61,7 @@ def ics_mechanism(result: ClaimResult) -> Figure:
         rows = shift[shift["norm.kind"].eq(norm)]
         layers = list(dict.fromkeys(rows["layer"]))  # probes.csv order = forward order
         mean = rows.groupby("layer", sort=False)["shift"].mean().reindex(layers)
-        shift_ax.plot(
-            range(len(layers)),
-            mean,
-            color=norm_colour(norm),
-            marker="o",
-            ms=3,
-            label=norm_label(norm),
-        )
+        norm_line(shift_ax, range(len(layers)), mean, norm, ms=3)
     shift_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     shift_ax.set_xlabel("layer (forward order: stem conv ... fc)")
     shift_ax.set_ylabel("distribution shift between probe points\n(|d mean| + |d std|) / std")
@@ -80,14 +74,7 @@ def ics_mechanism(result: ClaimResult) -> Figure:
     for norm in norms_in(ics):
         rows = ics[ics["norm.kind"].eq(norm)]
         per_step = (1 - rows["value"]).groupby(rows["step"]).mean()
-        ics_ax.plot(
-            per_step.index,
-            per_step.to_numpy(),
-            color=norm_colour(norm),
-            marker="o",
-            ms=4,
-            label=norm_label(norm),
-        )
+        norm_line(ics_ax, per_step.index, per_step.to_numpy(), norm, ms=4)
     ics_ax.set_xlabel("training step")
     ics_ax.set_ylabel("ICS: 1 - cos(G, G'), mean over layers")
     ics_ax.grid(alpha=0.3)
@@ -109,14 +96,7 @@ def landscape_bands(result: ClaimResult) -> Figure:
             _range_band(loss_ax, mine, "loss@", norm)
             _range_band(grad_ax, mine, "grad_change@", norm)
             beta = _per_step(mine, "beta_smoothness")
-            beta_ax.plot(
-                beta.index,
-                beta.to_numpy(),
-                color=norm_colour(norm),
-                marker="o",
-                ms=4,
-                label=norm_label(norm),
-            )
+            norm_line(beta_ax, beta.index, beta.to_numpy(), norm, ms=4)
         loss_ax.set_ylabel(f"lr {lr:g}\nloss along the gradient\n(band: min-max over step sizes)")
         grad_ax.set_ylabel("gradient change ||g - g'||\n(band: min-max over step sizes)")
         beta_ax.set_ylabel("effective beta-smoothness")

@@ -38,7 +38,7 @@ from bnlab.report.arms import (
 )
 from bnlab.report.cells import ci_cells, ci_table, pct, sig3_cell, sig4
 from bnlab.report.claims import RULE_VALUES
-from bnlab.report.core import Finding, Rule, Verdict, no_data, overall, section
+from bnlab.report.core import Finding, Rule, Verdict, compared, no_data, section
 from bnlab.report.intervals import (
     Effect,
     difference,
@@ -200,7 +200,7 @@ def ics_section(tables: RunTables) -> Finding:
         "shift": shift_rows(mine, _as_norms(sel)),
         "ics": _ics_rows(mine, sel),
     }
-    return Finding(overall(rows), numbers, evidence, setting, notes, data, comparisons=rows)
+    return compared(rows, numbers, evidence, setting, notes, data)
 
 
 def _arm_names(runs: pd.DataFrame) -> list[str]:
@@ -320,7 +320,7 @@ def landscape_section(tables: RunTables) -> Finding:
             **{"optim.lr": STANDARD["optim.lr"]}
         )
     }
-    return Finding(overall(rows), numbers, evidence, setting, notes, data, comparisons=rows)
+    return compared(rows, numbers, evidence, setting, notes, data)
 
 
 def _steps_at(loss_rows: pd.DataFrame, levels: list[float]) -> list[int]:
@@ -367,7 +367,7 @@ def _mean_log(rows: pd.DataFrame, run_id: str, metric: str, steps: list[int]) ->
 )
 def alternatives_section(tables: RunTables) -> Finding:
     sel, setting, notes = statistics_batch_runs(tables.runs)
-    if sel.empty or BN not in set(sel["arm"]):
+    if sel.empty:
         return no_data(notes)
     bn_arms = sel[sel["stat_batch"].notna()]
     small = float(bn_arms["stat_batch"].min())
@@ -396,9 +396,7 @@ def alternatives_section(tables: RunTables) -> Finding:
             )
         )
     evidence = pd.DataFrame({"arm": pts["arm"], "test acc % [95% CI]": ci_cells(pts)})
-    return Finding(
-        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
-    )
+    return compared(rows, numbers, evidence, setting, notes, {"points": pts})
 
 
 # ----------------------------------------------------------------------------- batch_why
@@ -482,9 +480,7 @@ def batch_why_section(tables: RunTables) -> Finding:
     else:
         notes.append("needs the 128-sample model and a smaller g for the training-noise part")
     evidence = ci_table(pts, ["mode"], "stat_batch", "g={:g} acc %")
-    return Finding(
-        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
-    )
+    return compared(rows, numbers, evidence, setting, notes, {"points": pts})
 
 
 # ----------------------------------------------------------------------------- deep_no_norm
@@ -565,6 +561,4 @@ def deep_no_norm_section(tables: RunTables) -> Finding:
     evidence = pivot(
         pts.assign(cell=ci_cells(pts)), key, "depth", by="arm", order=arms, cell="cell"
     )
-    return Finding(
-        overall(rows), numbers, evidence, setting, notes, {"points": pts}, comparisons=rows
-    )
+    return compared(rows, numbers, evidence, setting, notes, {"points": pts})

@@ -98,6 +98,12 @@ def matches(runs: pd.DataFrame, fixed: Mapping[str, Any]) -> pd.Series:
     return mask
 
 
+def bn_eval_probed(runs: pd.DataFrame) -> pd.Series:
+    """Completed rows at the linearly scaled lr that carry the bn_eval probe (inference)."""
+    probed = runs.get("bn_eval.running_stats_acc", pd.Series(np.nan, index=runs.index)).notna()
+    return linear_lr(runs) & probed & runs["status"].eq("completed")
+
+
 def linear_lr(runs: pd.DataFrame) -> pd.Series:
     """Rows whose lr follows the linear scaling rule, 0.1 x batch/128 (batch claims)."""
     lr = pd.to_numeric(runs["optim.lr"], errors="coerce").to_numpy(dtype=float)

@@ -10,7 +10,9 @@ the later guard switched off). Nothing here decides a headline verdict.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,7 @@ from bnlab.report.core import (
     SUPPORTED,
     Finding,
     Rule,
+    Section,
     no_data,
     superseded,
 )
@@ -58,7 +61,7 @@ from bnlab.report.probe_maths import (
     shift_by_run,
     shift_rows,
 )
-from bnlab.report.select import RESNET20, STANDARD, arm_labels, linear_lr, select
+from bnlab.report.select import RESNET20, STANDARD, arm_labels, bn_eval_probed, linear_lr, select
 from bnlab.report.stats import (
     GREATER,
     LESS,
@@ -111,48 +114,39 @@ RULE_VALUES = {
 }
 
 
-@superseded(
-    "lr",
-    Rule(
-        """
-        Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, norm bn or none,
-        any optim.lr. Only learning rates tried with both norms count. An lr "trains" for a
-        norm when no seed diverged there, its mean final test accuracy is at least {learns}
-        (clearly above chance) and within {lr_margin} of that norm's best mean. SUPPORTED
-        if BN's largest lr that trains is larger than none's; NOT SUPPORTED if it is not
-        larger. INCONCLUSIVE with fewer than 2 shared learning rates, when neither norm
-        trains at any, or when both train at the largest lr tried (the grid stops before
-        the limit).
-        """,
-        RULE_VALUES,
-        version=2,
-    ),
-    figures=("lr_accuracy",),
-)
-def lr_claim_v2(tables: RunTables) -> Finding:
-    return _lr_claim(tables, guarded=True)
+def _amended(template: str, slots: dict[str, tuple[str, str]]) -> dict[int, Rule]:
+    """A rule's version 2 and the version 1 it amended, written once: each `{slot}` of
+    `template` holds version 1's words and version 2's (the guard version 2 added)."""
+
+    def filled(version: int) -> dict[str, str]:
+        words = {k: pair[version - 1].format(**RULE_VALUES) for k, pair in slots.items()}
+        return {**RULE_VALUES, **words}
+
+    return {v: Rule(template, filled(v), version=v) for v in (1, 2)}
 
 
-@superseded(
-    "lr",
-    Rule(
-        """
-        Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, norm bn or none,
-        any optim.lr. Only learning rates tried with both norms count. An lr "trains" for a
-        norm when no seed diverged there and its mean final test accuracy is within
-        {lr_margin} of that norm's best mean. SUPPORTED if BN's largest lr that trains is
-        larger than none's; NOT SUPPORTED if it is not larger. INCONCLUSIVE with fewer than
-        2 shared learning rates, when neither norm trains at any, or when both train at the
-        largest lr tried (the grid stops before the limit).
-        """,
-        RULE_VALUES,
-        version=1,
-    ),
-    figures=("lr_accuracy",),
+def _amended_sections(
+    key: str, rules: dict[int, Rule], figures: tuple[str, ...], decide: Callable[..., Finding]
+) -> tuple[Section, Section]:
+    """Register versions 2 and 1 of section `key`, both decided by
+    `decide(tables, guarded)`: version 1 is the same rule before the guard version 2 added."""
+    v2 = superseded(key, rules[2], figures)(functools.partial(decide, guarded=True))
+    v1 = superseded(key, rules[1], figures)(functools.partial(decide, guarded=False))
+    return v2, v1
+
+
+LR_RULES = _amended(
+    """
+    Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, norm bn or none,
+    any optim.lr. Only learning rates tried with both norms count. An lr "trains" for a
+    norm when no seed diverged there{joint} its mean final test accuracy is {learns}within
+    {lr_margin} of that norm's best mean. SUPPORTED if BN's largest lr that trains is
+    larger than none's; NOT SUPPORTED if it is not larger. INCONCLUSIVE with fewer than
+    2 shared learning rates, when neither norm trains at any, or when both train at the
+    largest lr tried (the grid stops before the limit).
+    """,
+    {"joint": (" and", ","), "learns": ("", "at least {learns} (clearly above chance) and ")},
 )
-def lr_claim_v1(tables: RunTables) -> Finding:
-    # Version 1: the same rule before the guard that version 2 added.
-    return _lr_claim(tables, guarded=False)
 
 
 def _lr_claim(tables: RunTables, guarded: bool) -> Finding:
@@ -273,59 +267,30 @@ def depth_claim_v1(tables: RunTables) -> Finding:
     return Finding(verdict, numbers, pd.DataFrame(rows), setting, notes, {"points": pts})
 
 
-@superseded(
-    "convergence",
-    Rule(
-        """
-        Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, norm bn or none,
-        any lr tried with both norms, with per-epoch metrics. At each such lr the target is
-        {target} of the lower of BN's and none's mean best test accuracy (over runs that did
-        not diverge), so it is reachable at any scale, but at least {learns} (a target at
-        chance level says nothing about convergence). An lr where no run reaches the target
-        carries no information and is left out. A run's epochs-to-target is the
-        first epoch whose test accuracy reaches it; a run that never does counts as its
-        planned epochs + 1; images = epochs x training images per epoch. SUPPORTED if BN
-        needs fewer epochs than none at every shared lr; NOT SUPPORTED if none is faster
-        or they are equal at some lr; otherwise INCONCLUSIVE. A difference in mean epochs
-        counts when it exceeds the root-sum-square of the two seed standard deviations and
-        at least {min_epochs} epoch (so one whole epoch counts at a single seed); inside
-        that it is 'equal' at the floor, else 'unresolved'. Curves are drawn at the shared
-        lr nearest {curve_lr}.
-        """,
-        RULE_VALUES,
-        version=2,
-    ),
-    figures=("training_curves",),
+CONVERGENCE_RULES = _amended(
+    """
+    Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, norm bn or none,
+    any lr tried with both norms, with per-epoch metrics. At each such lr the target is
+    {target} of the lower of BN's and none's mean best test accuracy (over runs that did
+    not diverge), so it is reachable at any scale{guard}. A run's epochs-to-target is the
+    first epoch whose test accuracy reaches it; a run that never does counts as its
+    planned epochs + 1; images = epochs x training images per epoch. SUPPORTED if BN
+    needs fewer epochs than none at every shared lr; NOT SUPPORTED if none is faster
+    or they are equal at some lr; otherwise INCONCLUSIVE. A difference in mean epochs
+    counts when it exceeds the root-sum-square of the two seed standard deviations and
+    at least {min_epochs} epoch (so one whole epoch counts at a single seed); inside
+    that it is 'equal' at the floor, else 'unresolved'. Curves are drawn at the shared
+    lr nearest {curve_lr}.
+    """,
+    {
+        "guard": (
+            "",
+            ", but at least {learns} (a target at chance level says nothing about "
+            "convergence). An lr where no run reaches the target carries no information "
+            "and is left out",
+        )
+    },
 )
-def convergence_claim_v2(tables: RunTables) -> Finding:
-    return _convergence_claim(tables, guarded=True)
-
-
-@superseded(
-    "convergence",
-    Rule(
-        """
-        Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, norm bn or none,
-        any lr tried with both norms, with per-epoch metrics. At each such lr the target is
-        {target} of the lower of BN's and none's mean best test accuracy (over runs that did
-        not diverge), so it is reachable at any scale. A run's epochs-to-target is the
-        first epoch whose test accuracy reaches it; a run that never does counts as its
-        planned epochs + 1; images = epochs x training images per epoch. SUPPORTED if BN
-        needs fewer epochs than none at every shared lr; NOT SUPPORTED if none is faster
-        or they are equal at some lr; otherwise INCONCLUSIVE. A difference in mean epochs
-        counts when it exceeds the root-sum-square of the two seed standard deviations and
-        at least {min_epochs} epoch (so one whole epoch counts at a single seed); inside
-        that it is 'equal' at the floor, else 'unresolved'. Curves are drawn at the shared
-        lr nearest {curve_lr}.
-        """,
-        RULE_VALUES,
-        version=1,
-    ),
-    figures=("training_curves",),
-)
-def convergence_claim_v1(tables: RunTables) -> Finding:
-    # Version 1: the same rule before the guard that version 2 added.
-    return _convergence_claim(tables, guarded=False)
 
 
 def _convergence_claim(tables: RunTables, guarded: bool) -> Finding:
@@ -539,50 +504,25 @@ def regularization_claim_v1(tables: RunTables) -> Finding:
     return Finding(verdict, numbers, evidence, setting, notes, {"points": pts})
 
 
-@superseded(
-    "batch",
-    Rule(
-        """
-        Runs: ResNet-20, residual, init scale 1, augmentation, norm bn, gn or ln, any batch
-        size with the linearly scaled lr (0.1 x batch/128). Final test accuracy, a diverged
-        run counting as chance ({chance}), mean over seeds. Over the batch sizes tried with
-        every norm present (at least 2), a norm's drop is its accuracy at the largest minus
-        at the smallest. SUPPORTED if BN really degrades (its own drop exceeds the margin
-        from its two means) and its drop exceeds the drop of each of GN and LN present by
-        more than the margin (from the four means involved); NOT SUPPORTED if BN does not
-        degrade, or its drop is smaller or equal for one of them; INCONCLUSIVE otherwise,
-        or without BN and at least one of GN/LN. {noise}
-        """,
-        RULE_VALUES,
-        version=2,
-    ),
-    figures=("batch_accuracy",),
+BATCH_RULES = _amended(
+    """
+    Runs: ResNet-20, residual, init scale 1, augmentation, norm bn, gn or ln, any batch
+    size with the linearly scaled lr (0.1 x batch/128). Final test accuracy, a diverged
+    run counting as chance ({chance}), mean over seeds. Over the batch sizes tried with
+    every norm present (at least 2), a norm's drop is its accuracy at the largest minus
+    at the smallest. SUPPORTED if {degrades} drop exceeds the drop of each of GN and LN
+    present by more than the margin (from the four means involved); NOT SUPPORTED if
+    {not_degrades} is smaller or equal for one of them; INCONCLUSIVE otherwise, or
+    without BN and at least one of GN/LN. {noise}
+    """,
+    {
+        "degrades": (
+            "BN's",
+            "BN really degrades (its own drop exceeds the margin from its two means) and its",
+        ),
+        "not_degrades": ("it", "BN does not degrade, or its drop"),
+    },
 )
-def batch_claim_v2(tables: RunTables) -> Finding:
-    return _batch_claim(tables, guarded=True)
-
-
-@superseded(
-    "batch",
-    Rule(
-        """
-        Runs: ResNet-20, residual, init scale 1, augmentation, norm bn, gn or ln, any batch
-        size with the linearly scaled lr (0.1 x batch/128). Final test accuracy, a diverged
-        run counting as chance ({chance}), mean over seeds. Over the batch sizes tried with
-        every norm present (at least 2), a norm's drop is its accuracy at the largest minus
-        at the smallest. SUPPORTED if BN's drop exceeds the drop of each of GN and LN
-        present by more than the margin (from the four means involved); NOT SUPPORTED if
-        it is smaller or equal for one of them; INCONCLUSIVE otherwise, or without BN and
-        at least one of GN/LN. {noise}
-        """,
-        RULE_VALUES,
-        version=1,
-    ),
-    figures=("batch_accuracy",),
-)
-def batch_claim_v1(tables: RunTables) -> Finding:
-    # Version 1: the same rule before the guard that version 2 added.
-    return _batch_claim(tables, guarded=False)
 
 
 def _batch_claim(tables: RunTables, guarded: bool) -> Finding:
@@ -643,8 +583,7 @@ def _batch_claim(tables: RunTables, guarded: bool) -> Finding:
 )
 def inference_claim_v1(tables: RunTables) -> Finding:
     runs = tables.runs
-    has_probe = runs.get("bn_eval.running_stats_acc", pd.Series(np.nan, index=runs.index))
-    extra = linear_lr(runs) & has_probe.notna() & runs["status"].eq("completed")
+    extra = bn_eval_probed(runs)
     sel, setting, notes = select(runs, {**RESNET20, "data.augment": True}, ("bn",), extra)
     if sel.empty:
         return no_data(notes)
@@ -864,61 +803,31 @@ def landscape_section_v1(tables: RunTables) -> Finding:
     return Finding(verdict, numbers, pd.DataFrame(rows), setting, notes, {"landscape": mine})
 
 
-@superseded(
-    "alternatives",
-    Rule(
-        """
-        Runs: ResNet-20, residual, init scale 1, augmentation, linearly scaled lr (0.1 x
-        batch/128), any batch size; norm bn, gn, ln, batch_renorm (each warm-up its own
-        arm), and ghost_bn (each virtual batch its own arm). Final test accuracy, a
-        diverged run counting as chance ({chance}), mean over seeds. Each alternative
-        (gn, ln, batch_renorm) is compared with BN between the smallest and the largest
-        batch size both were tried at: its change is its accuracy at the small batch minus
-        at the large one. First, BN must really degrade: its own change below minus the
-        margin at every pair of sizes compared, else INCONCLUSIVE (there is no loss for
-        the alternatives to hold up against). Then SUPPORTED if the change of every
-        alternative present is larger than BN's by more than the margin (from the four
-        means involved): it holds up better; NOT SUPPORTED if none of them does;
-        INCONCLUSIVE otherwise or without BN and an alternative at 2 shared sizes.
-        Shown beside (no part of the verdict): Ghost BN, whose statistics come from
-        a few samples whatever the batch, against BN at the largest batch -- the cost of
-        small-batch statistics alone, at the same number of steps. {noise}
-        """,
-        RULE_VALUES,
-        version=2,
-    ),
-    figures=("alternatives_accuracy",),
+ALTERNATIVES_RULES = _amended(
+    """
+    Runs: ResNet-20, residual, init scale 1, augmentation, linearly scaled lr (0.1 x
+    batch/128), any batch size; norm bn, gn, ln, batch_renorm (each warm-up its own
+    arm), and ghost_bn (each virtual batch its own arm). Final test accuracy, a
+    diverged run counting as chance ({chance}), mean over seeds. Each alternative
+    (gn, ln, batch_renorm) is compared with BN between the smallest and the largest
+    batch size both were tried at: its change is its accuracy at the small batch minus
+    at the large one. {first}SUPPORTED if the change of every alternative present is
+    larger than BN's by more than the margin (from the four means involved): it holds
+    up better; NOT SUPPORTED if none of them does; INCONCLUSIVE otherwise or without BN
+    and an alternative at 2 shared sizes. Shown beside (no part of the verdict): Ghost
+    BN, whose statistics come from a few samples whatever the batch, against BN at the
+    largest batch -- the cost of small-batch statistics alone, at the same number of
+    steps. {noise}
+    """,
+    {
+        "first": (
+            "",
+            "First, BN must really degrade: its own change below minus the margin at every "
+            "pair of sizes compared, else INCONCLUSIVE (there is no loss for the "
+            "alternatives to hold up against). Then ",
+        )
+    },
 )
-def alternatives_section_v2(tables: RunTables) -> Finding:
-    return _alternatives_section(tables, guarded=True)
-
-
-@superseded(
-    "alternatives",
-    Rule(
-        """
-        Runs: ResNet-20, residual, init scale 1, augmentation, linearly scaled lr (0.1 x
-        batch/128), any batch size; norm bn, gn, ln, batch_renorm (each warm-up its own
-        arm), and ghost_bn (each virtual batch its own arm). Final test accuracy, a
-        diverged run counting as chance ({chance}), mean over seeds. Each alternative
-        (gn, ln, batch_renorm) is compared with BN between the smallest and the largest
-        batch size both were tried at: its change is its accuracy at the small batch minus
-        at the large one. SUPPORTED if the change of every alternative present is larger
-        than BN's by more than the margin (from the four means involved): it holds up
-        better; NOT SUPPORTED if none of them does; INCONCLUSIVE otherwise or without BN
-        and an alternative at 2 shared sizes. Shown beside (no part of the verdict): Ghost
-        BN, whose statistics come from a few samples whatever the batch, against BN at the
-        largest batch -- the cost of small-batch statistics alone, at the same number of
-        steps. {noise}
-        """,
-        RULE_VALUES,
-        version=1,
-    ),
-    figures=("alternatives_accuracy",),
-)
-def alternatives_section_v1(tables: RunTables) -> Finding:
-    # Version 1: the same rule before the guard that version 2 added.
-    return _alternatives_section(tables, guarded=False)
 
 
 def _alternatives_section(tables: RunTables, guarded: bool) -> Finding:
@@ -1061,3 +970,19 @@ def _epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.Da
 
 def _suffix(column: str, value: str, keys: list[str]) -> str:
     return column if column in keys else f"{column}_{value}"
+
+
+# The rules amended by a guard: versions 2 and 1 of each, decided by one function.
+AMENDED = {
+    key: _amended_sections(key, rules, figures, decide)
+    for key, rules, figures, decide in (
+        ("lr", LR_RULES, ("lr_accuracy",), _lr_claim),
+        ("convergence", CONVERGENCE_RULES, ("training_curves",), _convergence_claim),
+        ("batch", BATCH_RULES, ("batch_accuracy",), _batch_claim),
+        ("alternatives", ALTERNATIVES_RULES, ("alternatives_accuracy",), _alternatives_section),
+    )
+}
+lr_claim_v2, lr_claim_v1 = AMENDED["lr"]
+convergence_claim_v2, convergence_claim_v1 = AMENDED["convergence"]
+batch_claim_v2, batch_claim_v1 = AMENDED["batch"]
+alternatives_section_v2, alternatives_section_v1 = AMENDED["alternatives"]
