@@ -133,7 +133,7 @@ class ProbeConfig:
     # beside the usual running-statistics accuracy. Empty: skip.
     bn_eval_batch_sizes: list[int] = field(default_factory=list)
     # After training, BN and Ghost BN models only (other kinds: skipped): test accuracy
-    # with the running averages, with precise BN (statistics re-estimated over 200
+    # with the running averages, with precise BN (statistics re-estimated over 100
     # training batches of the statistics size), with each test group's own statistics,
     # and the training loss/accuracy in train mode (bnlab.train.bn_modes).
     bn_modes: bool = False

@@ -21,7 +21,7 @@ from bnlab.data import Dataset, DeviceLoader
 from bnlab.errors import BnlabError
 from bnlab.models.norms import GhostBatchNorm2d
 from bnlab.store import run_id
-from bnlab.train.bn_modes import bn_modes, precise_statistics
+from bnlab.train.bn_modes import PRECISE_BATCHES, SHUFFLES, bn_modes, precise_statistics
 from bnlab.train.probes import batch_stats_accuracy, grouped_pass, statistics_size
 from bnlab.train.runtime import Runtime, resolve_runtime
 from tests.conftest import run_bnlab
@@ -235,11 +235,12 @@ def test_bn_modes_land_in_a_real_runs_summary(tmp_path: Path):
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     summary = json.loads((run / "summary.json").read_text())
     modes = summary["bn_modes"]
-    assert modes["g"] == 4 and modes["precise_batches"] == 200 and modes["shuffles"] == 3
+    assert modes["g"] == 4
+    assert (modes["precise_batches"], modes["shuffles"]) == (PRECISE_BATCHES, SHUFFLES)
     assert modes["running_acc"] == summary["test_acc"]
     for key in ("precise_acc", "batch_stats_acc", "train_mode_acc"):
         assert 0.0 <= modes[key] <= 1.0, key
-    assert len(modes["batch_stats_acc_shuffles"]) == 3
+    assert len(modes["batch_stats_acc_shuffles"]) == SHUFFLES
     assert modes["train_mode_loss"] > 0
     assert modes["test_images_per_shuffle"] == 500 and modes["train_images"] == 512
 
