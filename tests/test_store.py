@@ -25,7 +25,7 @@ def test_run_id_ignores_where_and_how_but_not_science():
 
 def test_preset_is_just_its_values():
     explicit = load_config(
-        ["data.train_size=10000", "data.curve_test_size=2000", "train.epochs=8",
+        ["data.train_size=10000", "data.curve_test_size=2000", "train.epochs=6",
          "optim.schedule=onecycle"]
     )  # fmt: skip
     assert run_id(load_config(["preset=cpu"])) == run_id(explicit)

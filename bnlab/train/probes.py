@@ -29,8 +29,11 @@ from bnlab.train.runtime import Runtime
 # would, in a fraction of the time at small g. Used by batch_stats_accuracy (the
 # bn_stats probe, bn_eval) and bnlab.train.bn_modes.
 
-# Images per forward in a grouped pass, at least: whole batches are concatenated up to it.
-CHUNK_IMAGES = 1024
+# Images per forward in a grouped pass, at least: whole batches are concatenated up to
+# it. A GPU wants few large launches; a CPU wants activations that stay in cache: on
+# the 2-core CPU a grouped pass ran ~2.7x faster in chunks of 128 than of 1024
+# (results/bench/README.md, scripts/bench_grouped.py).
+CHUNK_IMAGES = {"cuda": 1024, "cpu": 128}
 
 # Per BN layer of a copy: [sum of the groups' means, of their unbiased variances, groups].
 StatsRecord = dict[nn.Module, list[Any]]
@@ -93,7 +96,7 @@ def grouped_pass(
 ) -> tuple[float, int, int]:
     """(summed cross-entropy, correct, images) of ``probe`` over ``batches`` at group size
     ``group``; each batch's size must be a multiple of it. Consecutive batches are
-    concatenated into chunks of about CHUNK_IMAGES images, one forward each.
+    concatenated into chunks of about CHUNK_IMAGES[device] images, one forward each.
 
     ``probe`` must be a copy: it is put in eval mode (the BN layers use their group
     statistics all the same) and, with ``record``, its layers are the record's keys.
@@ -114,12 +117,13 @@ def grouped_pass(
         xs.clear()
         ys.clear()
 
+    chunk = CHUNK_IMAGES.get(rt.device.type, CHUNK_IMAGES["cuda"])
     pending = 0
     for x, y in batches:
         xs.append(x)
         ys.append(y)
         pending += y.numel()
-        if pending >= CHUNK_IMAGES:
+        if pending >= chunk:
             forward()
             pending = 0
     if xs:
