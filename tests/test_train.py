@@ -147,8 +147,10 @@ def test_compiled_training_runs_on_cpu(runs):
 
 
 @pytest.mark.slow
-def test_cpu_preset_reaches_60_percent(runs):
+def test_cpu_preset_reaches_55_percent(runs):
+    # The README's main job: 61.26% measured at 6 epochs (README, "The two commands");
+    # a few points of margin for another machine's floating-point order.
     proc = run_bnlab("train", "preset=cpu", f"paths.runs={runs}", timeout=900)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((only_run(runs) / "summary.json").read_text())
-    assert summary["test_acc"] >= 0.60
+    assert summary["test_acc"] >= 0.55
