@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.errors import BnlabError
+from bnlab.errors import BnlabError, warn
 
 
 class Sink(Protocol):
@@ -141,11 +140,9 @@ class WandbSink:
         self._run = None
 
     def _disable(self, err: Exception) -> None:
-        print(
-            f"bnlab: warning: wandb logging stopped ({_one_line(err)}); "
-            "the run goes on, the CSV store (metrics.csv, summary.json) is complete",
-            file=sys.stderr,
-            flush=True,
+        warn(
+            f"wandb logging stopped ({_one_line(err)}); "
+            "the run goes on, the CSV store (metrics.csv, summary.json) is complete"
         )
         run, self._run = self._run, None
         # Close the wandb run so it does not stay open in this process (sweeps); if

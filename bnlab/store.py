@@ -28,7 +28,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.errors import BnlabError
+from bnlab.errors import BnlabError, warn
 
 # Keys that say how or where a run is executed or logged, not what is measured.
 NON_SCIENCE_KEYS = (
@@ -347,7 +346,7 @@ class RunDir:
                     if i + 1 < len(candidates)
                     else "starting the run from scratch"
                 )
-                _warn(f"{path} does not load ({err}); {then}")
+                warn(f"{path} does not load ({err}); {then}")
         return None
 
 
@@ -375,23 +374,19 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
                 f"{path}: refusing to load it: unpickling it would call {m.group(1)} "
                 "(bnlab checkpoints hold only tensors and plain values)"
             ) from None
-        raise CorruptCheckpoint(_last_line(text)) from None
+        raise CorruptCheckpoint(_gist(text)) from None
     except Exception as err:  # truncated zip, empty file, I/O error: not a checkpoint we can use
-        raise CorruptCheckpoint(_last_line(str(err)) or type(err).__name__) from None
+        raise CorruptCheckpoint(_gist(str(err)) or type(err).__name__) from None
     if not isinstance(state, dict) or not {"model", "epoch"} <= state.keys():
         raise CorruptCheckpoint("not a bnlab checkpoint")
     return state
 
 
-def _last_line(text: str) -> str:
+def _gist(text: str) -> str:
     # torch's loader messages are paragraphs; their gist is the first non-boilerplate line.
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     gist = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the"))]
     return (gist or lines or [""])[0][:200]
-
-
-def _warn(message: str) -> None:
-    print(f"bnlab: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _keep_as(src: Path, dst: Path) -> None:

@@ -25,7 +25,7 @@ import hydra
 
 from bnlab.compose import CONFIG_DIR, VERSION_BASE
 from bnlab.config import register_configs
-from bnlab.errors import BnlabError
+from bnlab.errors import BnlabError, warn
 from bnlab.store import RunStore
 from bnlab.sweep import adapters
 from bnlab.sweep.grid import Sweep
@@ -108,4 +108,4 @@ def _launch_on_slurm(sweep: Sweep, folder: Path, hydra_main: Callable[[], Any]) 
         raise BnlabError(watch.fatal)
     if lost:
         for line in slurm.mark_lost_runs(sweep, watch.final_states()):
-            print(f"bnlab: warning: {line}", file=sys.stderr, flush=True)
+            warn(line)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnlab.errors import BnlabError
+from bnlab.errors import BnlabError, warn
 from bnlab.store import RunBusy, RunStore, run_id
 from bnlab.sweep import adapters
 from bnlab.sweep.grid import Sweep
@@ -301,7 +301,7 @@ class JobWatch:
                 try:
                     self.poll()
                 except (OSError, subprocess.SubprocessError) as err:  # keep watching
-                    print(f"bnlab: warning: squeue failed ({err})", file=sys.stderr, flush=True)
+                    warn(f"squeue failed ({err})")
 
         self._thread = threading.Thread(target=loop, name="bnlab-slurm-watch", daemon=True)
         self._thread.start()

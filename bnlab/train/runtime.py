@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnlab.errors import BnlabError
+from bnlab.errors import BnlabError, warn
 
 # train.compile: false (eager) | true (torch.compile) | "cuda_graphs" (torch.compile with
 # mode="reduce-overhead": inductor captures the step in CUDA graphs, which removes the
@@ -42,11 +41,6 @@ def share_gpu(jobs: int) -> None:
     """
     global _gpu_memory_fraction
     _gpu_memory_fraction = 0.9 / jobs if jobs > 1 else None
-
-
-def warn(message: str) -> None:
-    """One line on stderr, like the CLI's errors, so sweeps and logs stay readable."""
-    print(f"bnlab: warning: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
