@@ -138,12 +138,17 @@ def landscape_probe_rows(variation: float, change: float, beta: float) -> list[t
     return rows
 
 
+def _lr_speed(arm: str) -> float:
+    """How fast the lr grid's curves rise (BN converges faster), shared by its probe twins."""
+    return 0.9 if arm == "bn" else 0.45
+
+
 def make_arms_store(runs: Path, seeds: tuple[int, ...] = SEEDS) -> Path:
     """Every experiment of the current suite, with known verdicts (see the tables above)."""
     probed = {"probe.activations": True}
     for arm, accs in LR_ACC.items():
         for lr, acc in accs.items():
-            arm_runs(runs, arm, acc, seeds, speed=0.9 if arm == "bn" else 0.45, **{"optim.lr": lr})
+            arm_runs(runs, arm, acc, seeds, speed=_lr_speed(arm), **{"optim.lr": lr})
     for (arm, residual), accs in DEPTH_ACC.items():
         for depth, acc in accs.items():
             if depth == 20 and residual:
@@ -195,11 +200,17 @@ def make_arms_store(runs: Path, seeds: tuple[int, ...] = SEEDS) -> Path:
         cfg = dict(probed)
         if "/m" in arm:
             cfg |= noisy_config(float(arm.split("/m")[1]))
+        # BN's and Fixup's ICS runs are probe twins of the lr grid's lr 0.1 runs (the
+        # same training, plus the activations probe): the same test accuracy and curve,
+        # as real twins have. Otherwise which twin the report keeps (the first by folder name,
+        # i.e. by config hash) would change the lr, depth and seed-noise numbers.
+        twin = "/m" not in arm
         arm_runs(
             runs,
             name,
-            train,
+            LR_ACC[name][0.1] if twin else train,
             seeds,
+            speed=_lr_speed(name) if twin else 0.6,
             train_acc=train,
             probes=activation_rows(shift) + ics_rows(shift),
             **cfg,
@@ -209,8 +220,9 @@ def make_arms_store(runs: Path, seeds: tuple[int, ...] = SEEDS) -> Path:
         arm_runs(
             runs,
             arm,
-            LR_ACC.get(arm, {0.1: 0.6})[0.1],
+            LR_ACC[arm][0.1],  # probe twins of the lr grid's lr 0.1 runs, as in ICS
             seeds,
+            speed=_lr_speed(arm),
             probes=landscape_probe_rows(*values),
             **cfg,
         )
