@@ -75,8 +75,9 @@ class ActivationNoise(nn.Module):
 
     Z ~ U(-sqrt(3), sqrt(3)): mean 0 and variance 1. (model.revision 1 drew Z from
     N(0, 1): same mean and variance, but torch's CPU normal generator is ~8x slower
-    than its uniform one, and this noise is two draws per activation; the uniform Z
-    makes bn_noisy train about as fast as BN, results/bench/README.md.) So each
+    than its uniform one, and this noise is two draws per activation; with the
+    uniform Z and _JitterFn a bn_noisy training step costs 1.37x BN's, against 3.1x
+    for revision 1's draw: scripts/bench_noise.py, results/bench/README.md.) So each
     activation's noise has a non-zero mean and a non-unit variance that change
     every step: the "covariate shift" the paper injects after BN. The paper gives
     no magnitudes; these are our choice. noise_jitter sizes the per-activation part
