@@ -6,6 +6,7 @@ input ends as one line on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,20 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 RESUME_HINT = "interrupted; run the same command again to resume"
+
+
+def _terminate_as_interrupt() -> None:
+    """Make `kill PID` (SIGTERM) stop a sweep the way Ctrl-C does.
+
+    On KeyboardInterrupt joblib kills its worker processes and bnlab prints the resume
+    hint; a plain SIGTERM ended the parent alone and left the loky workers training,
+    orphaned, writing into the runs folder (seen with hydra/launcher=joblib).
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -172,6 +187,7 @@ def sweep(
         raise _fail(str(e)) from None
     if not any(s.jobs for s in sweeps):
         raise _fail("the sweep has no runs")
+    _terminate_as_interrupt()
 
     from bnlab.sweep.launch import launch
     from bnlab.sweep.table import render, rows_for

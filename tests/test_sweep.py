@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bnlab.cli import app
+from bnlab.cli import RESUME_HINT, app
 from tests.conftest import BNLAB, REPO, run_bnlab
 
 # experiment=all is every experiment in conf/experiment.
@@ -131,6 +132,62 @@ def test_killed_sweep_completes_on_rerun_without_duplicates(runs, sig):
     assert rerun.returncode == 0, rerun.stderr
     assert len(run_dirs(runs)) == 3
     assert all(s["status"] == "completed" and s["epochs"] == 3 for s in summaries(runs).values())
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is pid (read from /proc: Linux only, as CI)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_kill_stops_a_joblib_sweep_and_its_workers(runs):
+    """SIGTERM (`kill PID`, what a job manager sends) ends the workers too, not the
+    parent alone: no orphan keeps training into the runs folder."""
+    args = [
+        "sweep", "norm=bn,gn", "preset=smoke", "train.epochs=50", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", f"paths.runs={runs}",
+    ]  # fmt: skip
+    proc = subprocess.Popen([*BNLAB, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if runs.exists() and len([d for d in run_dirs(runs) if (d / "metrics.csv").exists()]) == 2:
+            break
+        time.sleep(0.1)
+    workers = _children(proc.pid)
+    assert proc.poll() is None and len(workers) >= 2, "both runs never got under way"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        orphans = [p for p in workers if _alive(p)]
+    finally:  # a failing run of this test leaves nothing training behind
+        for pid in (p for p in workers if _alive(p)):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+    out, err = proc.communicate(timeout=60)
+    assert not orphans, "worker processes outlived the sweep"
+    assert proc.returncode == 130, out + err
+    assert f"bnlab: error: {RESUME_HINT}" in err and "Traceback" not in err, err
+    assert not any((d / "summary.json").exists() for d in run_dirs(runs))
 
 
 def test_overlapping_sweeps_at_once_do_not_corrupt_each_other(runs):
