@@ -33,6 +33,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import random
 import statistics
 import time
@@ -290,6 +291,31 @@ def _scaling_worker(args: argparse.Namespace, jobs: int, rank: int, barrier: Any
     )  # fmt: skip
 
 
+def _collect(procs: list[Any], out: Any, timeout: float) -> list[dict[str, Any]]:
+    """Every worker's result; stop all of them as soon as one fails.
+
+    A worker that dies (e.g. an exception before the barrier) would otherwise leave
+    the parent waiting on the queue, and the others on the barrier, until the timeout.
+    """
+    results: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=1.0))
+            continue
+        except queue.Empty:
+            pass
+        failed = [p for p in procs if p.exitcode not in (None, 0)]
+        if failed or time.monotonic() > deadline:
+            for p in procs:
+                p.terminate()
+            why = f"exit code {failed[0].exitcode}" if failed else f"no result in {timeout:g} s"
+            raise SystemExit(f"bench_throughput: a scaling worker failed ({why}); see above")
+    for p in procs:
+        p.join()
+    return results
+
+
 def bench_scaling(args: argparse.Namespace, save: Save) -> dict[str, Any]:
     load_dataset(DataConfig(name="cifar10_jpeg"))  # decode/cache once, not in every process
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
@@ -302,9 +328,7 @@ def bench_scaling(args: argparse.Namespace, save: Save) -> dict[str, Any]:
         ]
         for p in procs:
             p.start()
-        results = [out.get(timeout=args.timeout) for _ in procs]
-        for p in procs:
-            p.join()
+        results = _collect(procs, out, args.timeout)
         span = max(r["end"] for r in results) - min(r["start"] for r in results)
         row = {
             "jobs": jobs,

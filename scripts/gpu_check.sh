@@ -7,7 +7,9 @@
 #   status.json     each step's exit code, seconds and outcome; the device; what was cut
 #   check.log       everything printed (device, pytest, benchmarks, the sweep's table)
 #   bench.json      scripts/bench_throughput.py --variants auto (pipelines x precision,
-#                   memory format, eager / compile / CUDA graphs)
+#                   memory format, eager / compile / CUDA graphs), batch 128
+#   bench512.json   the same at batch 512, bf16 channels_last (eager, compile, CUDA graphs)
+#                   and fp32 channels_last eager
 #   scaling.json    the same with 1, 2, 4, 8 training processes sharing the GPU
 #   runs.tar.gz     the run store without checkpoints (config, metrics, summary, probes)
 #   resume.tar.gz   checkpoints of the unfinished runs, at most 15 MiB (the next slot
@@ -151,12 +153,15 @@ print(f'{d.variant}: {len(d.train_y)} + {len(d.test_y)} images in {time.time() -
 # ---------------------------------------------------------------- the steps
 if [ "$SMOKE" = 1 ]; then
     BENCH=(--train-size 512 --steps 2 --repeats 1 --workers 0 --variants fp32-cl-eager)
+    BENCH512=(--train-size 1024 --steps 1 --repeats 1 --workers 0 --variants fp32-cl-eager)
     SCALING=(--train-size 512 --steps 2 --scaling 1,2)
     # Four 1-epoch runs (lr 50 diverges) through the same launcher, then their report.
     SWEEP=(preset=smoke "norm=bn,none" "optim.lr=0.05,50" train.epochs=1)
     NJOBS=2
 else
     BENCH=(--variants auto --steps 100 --repeats 3 --workers 8)
+    BENCH512=(--variants bf16-cl-eager,bf16-cl-compile,bf16-cl-cuda_graphs,fp32-cl-eager
+              --steps 50 --repeats 3 --workers 8)
     SCALING=(--steps 200 --scaling 1,2,4,8)
     SWEEP=(experiment=all preset=gpu)
 fi
@@ -165,6 +170,8 @@ if wants tests; then
 fi
 if wants bench; then
     run_step bench 180 "$PYTHON" scripts/bench_throughput.py "${BENCH[@]}" --out "$OUT/bench.json"
+    run_step bench512 120 "$PYTHON" scripts/bench_throughput.py --batch 512 "${BENCH512[@]}" \
+        --out "$OUT/bench512.json"
 fi
 if wants scaling; then
     run_step scaling 120 "$PYTHON" scripts/bench_throughput.py "${SCALING[@]}" \

@@ -40,7 +40,7 @@ def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
 
     status = json.loads((out / "status.json").read_text())
     assert status["smoke"] is True and status["device"]["device"] == "cpu"
-    assert list(status["steps"]) == ["tests", "bench", "scaling", "sweep", "report"]
+    assert list(status["steps"]) == ["tests", "bench", "bench512", "scaling", "sweep", "report"]
     assert all(s["outcome"] == "ok" for s in status["steps"].values()), status["steps"]
     # bn and none at lr 0.05 and 50: all four finish, lr 50 diverges.
     assert sum(status["runs"].values()) == 4 and set(status["runs"]) <= {"completed", "diverged"}
@@ -49,6 +49,7 @@ def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
     bench = json.loads((out / "bench.json").read_text())
     (variant,) = bench["variants"]
     assert variant["variant"] == "fp32-cl-eager" and variant["a_bnlab_images_per_s"] > 0
+    assert json.loads((out / "bench512.json").read_text())["batch"] == 512
     scaling = json.loads((out / "scaling.json").read_text())
     assert [row["jobs"] for row in scaling["scaling"]] == [1, 2]
 

@@ -87,18 +87,25 @@ def test_the_compile_trial_leaves_no_trace(monkeypatch):
 
 
 def test_jobs_sharing_a_gpu_each_get_their_memory_share(monkeypatch):
-    fractions: list[tuple[float, torch.device]] = []
+    fractions: list[tuple[float, int]] = []
+
+    def set_fraction(fraction: float, device: object) -> None:
+        # As torch 2.11 on an H200 did: torch.device("cuda") without an index is refused
+        # ("Expected a torch.device with a specified index or an integer").
+        if not isinstance(device, int):
+            raise ValueError(f"Expected a torch.device with a specified index, got {device}")
+        fractions.append((fraction, device))
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    monkeypatch.setattr(
-        torch.cuda, "set_per_process_memory_fraction", lambda f, d: fractions.append((f, d))
-    )
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     try:
         share_gpu(4)
         rt = resolve_runtime(train_cfg())
         assert rt.device.type == "cuda" and rt.precision == "bf16"
-        assert fractions == [(pytest.approx(0.9 / 4), rt.device)]
+        assert fractions == [(pytest.approx(0.9 / 4), 0)]
         share_gpu(1)  # one job: no limit
         resolve_runtime(train_cfg())
         assert len(fractions) == 1

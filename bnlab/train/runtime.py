@@ -93,7 +93,9 @@ def resolve_runtime(train: Any) -> Runtime:
         # Fixed shapes (the last partial training batch is dropped): let cuDNN pick kernels.
         torch.backends.cudnn.benchmark = True
         if _gpu_memory_fraction is not None:
-            torch.cuda.set_per_process_memory_fraction(_gpu_memory_fraction, device)
+            # An index, not torch.device("cuda"): torch 2.11 refuses a device without one.
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            torch.cuda.set_per_process_memory_fraction(_gpu_memory_fraction, index)
     return Runtime(device, dtype, bool(train.channels_last), compiled, graphs)
 
 
