@@ -24,6 +24,7 @@ with bnlab's loader, and the aggregate images/s of all N is reported.
     python scripts/bench_throughput.py                          # ResNet-20, batch 128, CPU
     python scripts/bench_throughput.py --variants auto --out bench.json   # on a GPU: all
     python scripts/bench_throughput.py --scaling 1,2,4,8 --out scaling.json
+    python scripts/bench_throughput.py --profile --variants bf16-cl-eager --steps 50
 """
 
 from __future__ import annotations
@@ -291,6 +292,70 @@ def _scaling_worker(args: argparse.Namespace, jobs: int, rank: int, barrier: Any
     )  # fmt: skip
 
 
+def _self_time(evt: Any, kind: str) -> float:
+    """An op's self time in microseconds ("cpu" or "device"); torch renamed cuda -> device."""
+    if kind == "cpu":
+        return float(evt.self_cpu_time_total)
+    return float(getattr(evt, "self_device_time_total", getattr(evt, "self_cuda_time_total", 0)))
+
+
+def bench_profile(args: argparse.Namespace, device: torch.device, save: Save) -> dict[str, Any]:
+    """Where a training step's time goes: torch.profiler over `--steps` steps of bnlab's
+    pipeline (first variant), after a warm-up.
+
+    Kernel launches per step and the device's busy share of the wall time tell a
+    launch-bound step (many small kernels, device mostly idle) from a compute-bound one.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    data = load_dataset(DataConfig(name="cifar10_jpeg", train_size=args.train_size))
+    precision, fmt, mode = variants(args.variants, device)[0]
+    rt = runtime_for(device, precision, fmt, mode)
+    model, optimizer = build(rt, args.depth)
+    loader = DeviceLoader(
+        data.train_x, data.train_y, args.batch, train=True, augment=True, mean=data.mean,
+        std=data.std, device=device, channels_last=rt.channels_last,
+    )  # fmt: skip
+    forward = compile_model(model, rt, lambda: next(iter(loader.epoch(0))))
+    timed(forward, FirstSteps(loader, max(3, args.steps // 5)), optimizer, rt, 0)  # warm-up
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        timed(forward, FirstSteps(loader, args.steps), optimizer, rt, 1)
+    wall_us = (time.perf_counter() - start) * 1e6
+    averages = prof.key_averages()
+    launches = sum(
+        e.count
+        for e in averages
+        if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+    )
+    device_us = sum(_self_time(e, "device") for e in averages)
+
+    def top(kind: str) -> list[dict[str, Any]]:
+        ranked = sorted(averages, key=lambda e: _self_time(e, kind), reverse=True)[: args.top]
+        return [
+            {"op": e.key, "calls_per_step": round(e.count / args.steps, 1),
+             "self_us_per_step": round(_self_time(e, kind) / args.steps, 1)}
+            for e in ranked if _self_time(e, kind) > 0
+        ]  # fmt: skip
+
+    result = {
+        "variant": f"{precision}-{fmt}-{mode}",
+        "mode_used": mode if forward is not model else "eager",
+        "profiled_steps": args.steps,
+        "wall_ms_per_step": round(wall_us / args.steps / 1000, 3),
+        "device_busy_ms_per_step": round(device_us / args.steps / 1000, 3),
+        "device_busy_share": round(device_us / wall_us, 3) if device.type == "cuda" else None,
+        "kernel_launches_per_step": round(launches / args.steps, 1),
+        "top_cpu_ops": top("cpu"),
+        "top_device_ops": top("device") if device.type == "cuda" else [],
+    }
+    save(result)
+    return result
+
+
 def _collect(procs: list[Any], out: Any, timeout: float) -> list[dict[str, Any]]:
     """Every worker's result; stop all of them as soon as one fails.
 
@@ -360,6 +425,10 @@ def main() -> None:
     p.add_argument("--scaling", default=None, help="e.g. 1,2,4,8: processes sharing the device")
     p.add_argument("--scaling-variant", default="auto", help="auto: bf16-cl-eager on a GPU")
     p.add_argument("--timeout", type=float, default=600, help="scaling: seconds per process")
+    p.add_argument(
+        "--profile", action="store_true", help="torch.profiler: where a step's time goes"
+    )
+    p.add_argument("--top", type=int, default=12, help="profile: ops listed per table")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
@@ -381,7 +450,12 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result | part) + "\n")
 
-    result |= bench_scaling(args, save) if args.scaling else bench_variants(args, device, save)
+    if args.scaling:
+        result |= bench_scaling(args, save)
+    elif args.profile:
+        result |= bench_profile(args, device, save)
+    else:
+        result |= bench_variants(args, device, save)
     print(json.dumps(result))
 
 

@@ -10,6 +10,8 @@
 #                   memory format, eager / compile / CUDA graphs), batch 128
 #   bench512.json   the same at batch 512, bf16 channels_last (eager, compile, CUDA graphs)
 #                   and fp32 channels_last eager
+#                   (the bench step also prints a torch.profiler summary of 50 bf16 eager
+#                   steps into check.log: kernel launches per step, the GPU's busy share)
 #   scaling.json    the same with 1, 2, 4, 8 training processes sharing the GPU
 #   runs.tar.gz     the run store without checkpoints (config, metrics, summary, probes)
 #   resume.tar.gz   checkpoints of the unfinished runs, at most 15 MiB (the next slot
@@ -154,6 +156,7 @@ print(f'{d.variant}: {len(d.train_y)} + {len(d.test_y)} images in {time.time() -
 if [ "$SMOKE" = 1 ]; then
     BENCH=(--train-size 512 --steps 2 --repeats 1 --workers 0 --variants fp32-cl-eager)
     BENCH512=(--train-size 1024 --steps 1 --repeats 1 --workers 0 --variants fp32-cl-eager)
+    PROFILE=(--train-size 512 --steps 2 --top 3)
     SCALING=(--train-size 512 --steps 2 --scaling 1,2)
     # Four 1-epoch runs (lr 50 diverges) through the same launcher, then their report.
     SWEEP=(preset=smoke "norm=bn,none" "optim.lr=0.05,50" train.epochs=1)
@@ -162,6 +165,7 @@ else
     BENCH=(--variants auto --steps 100 --repeats 3 --workers 8)
     BENCH512=(--variants bf16-cl-eager,bf16-cl-compile,bf16-cl-cuda_graphs,fp32-cl-eager
               --steps 50 --repeats 3 --workers 8)
+    PROFILE=(--variants bf16-cl-eager --steps 50)
     SCALING=(--steps 200 --scaling 1,2,4,8)
     SWEEP=(experiment=all preset=gpu)
 fi
@@ -172,6 +176,7 @@ if wants bench; then
     run_step bench 180 "$PYTHON" scripts/bench_throughput.py "${BENCH[@]}" --out "$OUT/bench.json"
     run_step bench512 120 "$PYTHON" scripts/bench_throughput.py --batch 512 "${BENCH512[@]}" \
         --out "$OUT/bench512.json"
+    run_step profile 60 "$PYTHON" scripts/bench_throughput.py --profile "${PROFILE[@]}"
 fi
 if wants scaling; then
     run_step scaling 120 "$PYTHON" scripts/bench_throughput.py "${SCALING[@]}" \

@@ -40,7 +40,8 @@ def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
 
     status = json.loads((out / "status.json").read_text())
     assert status["smoke"] is True and status["device"]["device"] == "cpu"
-    assert list(status["steps"]) == ["tests", "bench", "bench512", "scaling", "sweep", "report"]
+    steps = ["tests", "bench", "bench512", "profile", "scaling", "sweep", "report"]
+    assert list(status["steps"]) == steps
     assert all(s["outcome"] == "ok" for s in status["steps"].values()), status["steps"]
     # bn and none at lr 0.05 and 50: all four finish, lr 50 diverges.
     assert sum(status["runs"].values()) == 4 and set(status["runs"]) <= {"completed", "diverged"}
@@ -62,6 +63,7 @@ def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
         assert "report/report.md" in tar.getnames()
     log = (out / "check.log").read_text()
     assert "4 runs (" in log and "== report: exit 0" in log
+    assert '"kernel_launches_per_step"' in log and '"top_cpu_ops"' in log  # the profile
 
 
 @pytest.mark.parametrize(
