@@ -326,11 +326,12 @@ def bench_profile(args: argparse.Namespace, device: torch.device, save: Save) ->
         timed(forward, FirstSteps(loader, args.steps), optimizer, rt, 1)
     wall_us = (time.perf_counter() - start) * 1e6
     averages = prof.key_averages()
-    launches = sum(
-        e.count
-        for e in averages
-        if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
-    )
+    # The runtime/driver API calls that launch kernels; names vary with the CUDA version.
+    launch_calls = {
+        "cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+        "cudaGraphLaunch",
+    }  # fmt: skip
+    launches = sum(e.count for e in averages if e.key in launch_calls)
     device_us = sum(_self_time(e, "device") for e in averages)
 
     def top(kind: str) -> list[dict[str, Any]]:
