@@ -227,12 +227,19 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     def _update_running_stats(
         self, means: torch.Tensor, variances: torch.Tensor, sizes: list[int]
     ) -> None:
-        weights = torch.tensor(sizes, dtype=torch.float32, device=means.device)
-        weights = (weights / weights.sum()).unsqueeze(1)
+        # Python-scalar weights, never a tensor made from `sizes`: on a GPU that is a
+        # host-to-device copy, which waits for every queued kernel -- a full sync per
+        # layer per step, in a network whose steps are bound by launch latency.
+        if len(set(sizes)) == 1:  # every chunk the same size: the plain average
+            mean, var = means.mean(0), variances.mean(0)
+        else:
+            total = float(sum(sizes))
+            mean = sum(m * (n / total) for m, n in zip(means, sizes, strict=True))
+            var = sum(v * (n / total) for v, n in zip(variances, sizes, strict=True))
         self.num_batches_tracked.add_(1)
         momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.lerp_((weights * means).sum(0), momentum)
-        self.running_var.lerp_((weights * variances).sum(0), momentum)
+        self.running_mean.lerp_(mean, momentum)
+        self.running_var.lerp_(var, momentum)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, virtual_batch={self.virtual_batch}"
