@@ -206,6 +206,26 @@ def timed(forward: Any, loader: Any, optimizer: Any, rt: Runtime, epoch: int) ->
     return stats.images / (time.perf_counter() - start)
 
 
+def train_loader(
+    data: Any, batch: int, device: torch.device, channels_last: bool, seed: int = 0
+) -> DeviceLoader:
+    """bnlab's training loader (crop, flip, normalise as batch ops on `device`)."""
+    return DeviceLoader(
+        data.train_x, data.train_y, batch, train=True, augment=True, mean=data.mean,
+        std=data.std, device=device, seed=seed, channels_last=channels_last,
+    )  # fmt: skip
+
+
+def warmed_up(
+    args: argparse.Namespace, rt: Runtime, loader: DeviceLoader
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+    """The model, its optimizer and the (compiled) forward, after a few warm-up steps."""
+    model, optimizer = build(rt, args.depth)
+    forward = compile_model(model, rt, lambda: next(iter(loader.epoch(0))))
+    timed(forward, FirstSteps(loader, max(3, args.steps // 5)), optimizer, rt, 0)
+    return model, optimizer, forward
+
+
 def bench_variants(args: argparse.Namespace, device: torch.device, save: Save) -> dict[str, Any]:
     data = load_dataset(DataConfig(name="cifar10_jpeg", train_size=args.train_size))
     transform, transform_name = reference_transform(data.mean, data.std)
@@ -218,10 +238,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, save: Save) -
     for precision, fmt, mode in variants(args.variants, device):
         rt = runtime_for(device, precision, fmt, mode)
         model, optimizer = build(rt, args.depth)
-        loader = DeviceLoader(
-            data.train_x, data.train_y, args.batch, train=True, augment=True, mean=data.mean,
-            std=data.std, device=device, channels_last=rt.channels_last,
-        )  # fmt: skip
+        loader = train_loader(data, args.batch, device, rt.channels_last)
         x0, y0 = next(loader.epoch(0))
         start = time.perf_counter()
         forward = compile_model(model, rt, lambda x0=x0, y0=y0: (x0, y0))
@@ -273,13 +290,8 @@ def _scaling_worker(args: argparse.Namespace, jobs: int, rank: int, barrier: Any
     precision, fmt, mode = variants(args.scaling_variant, torch.device(args.device))[0]
     rt = runtime_for(torch.device(args.device), precision, fmt, mode)
     data = load_dataset(DataConfig(name="cifar10_jpeg", train_size=args.train_size))
-    loader = DeviceLoader(
-        data.train_x, data.train_y, args.batch, train=True, augment=True, mean=data.mean,
-        std=data.std, device=rt.device, seed=rank, channels_last=rt.channels_last,
-    )  # fmt: skip
-    model, optimizer = build(rt, args.depth)
-    forward = compile_model(model, rt, lambda: next(iter(loader.epoch(0))))
-    timed(forward, FirstSteps(loader, max(3, args.steps // 5)), optimizer, rt, 0)  # warm-up
+    loader = train_loader(data, args.batch, rt.device, rt.channels_last, seed=rank)
+    _, optimizer, forward = warmed_up(args, rt, loader)
     barrier.wait()
     start = time.monotonic()  # system-wide clock: comparable across the processes
     rate = timed(forward, FirstSteps(loader, args.steps), optimizer, rt, 1)
@@ -311,13 +323,8 @@ def bench_profile(args: argparse.Namespace, device: torch.device, save: Save) ->
     data = load_dataset(DataConfig(name="cifar10_jpeg", train_size=args.train_size))
     precision, fmt, mode = variants(args.variants, device)[0]
     rt = runtime_for(device, precision, fmt, mode)
-    model, optimizer = build(rt, args.depth)
-    loader = DeviceLoader(
-        data.train_x, data.train_y, args.batch, train=True, augment=True, mean=data.mean,
-        std=data.std, device=device, channels_last=rt.channels_last,
-    )  # fmt: skip
-    forward = compile_model(model, rt, lambda: next(iter(loader.epoch(0))))
-    timed(forward, FirstSteps(loader, max(3, args.steps // 5)), optimizer, rt, 0)  # warm-up
+    loader = train_loader(data, args.batch, device, rt.channels_last)
+    model, optimizer, forward = warmed_up(args, rt, loader)
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
