@@ -58,6 +58,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# sacct states of a job that has not ended yet.
+_LIVE_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+)
+
+
 def _wait(
     what: str, ready: Callable[[], bool], timeout: float, procs: dict[str, subprocess.Popen]
 ) -> None:
@@ -156,6 +162,27 @@ class SlurmCluster:
         ).stdout  # fmt: skip
         rows = [line.split("|") for line in out.splitlines() if line.strip()]
         return [{"id": r[0], "state": r[1], "exit": r[2]} for r in rows if len(r) == 3]
+
+    def ended_jobs(
+        self, exclude: set[str], count: int, timeout: float = 60
+    ) -> list[dict[str, str]]:
+        """The ``count`` jobs not in ``exclude``, once sacct records each one's end.
+
+        slurmctld reports a job's end to slurmdbd asynchronously, so sacct can still say
+        RUNNING after the queue is empty and the node idle.
+        """
+        jobs: list[dict[str, str]] = []
+
+        def ended() -> bool:
+            nonlocal jobs
+            jobs = [job for job in self.accounting() if job["id"] not in exclude]
+            return len(jobs) >= count and not any(job["state"] in _LIVE_STATES for job in jobs)
+
+        try:
+            _wait(f"sacct to record the end of {count} jobs", ended, timeout, {})
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {jobs}") from None
+        return jobs
 
     def wait_idle(self, timeout: float = 60) -> None:
         """No job left in the queue and the node idle (between tests)."""

@@ -245,8 +245,7 @@ def test_a_sweep_runs_on_slurm_and_a_second_one_skips_its_finished_runs(slurm, r
     proc = run_bnlab(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [s["status"] for s in summaries(runs).values()] == ["completed", "completed"]
-    slurm.wait_idle()  # a job's result is written a moment before SLURM records its end
-    jobs = [job for job in slurm.accounting() if job["id"] not in before]
+    jobs = slurm.ended_jobs(before, count=2)  # results are written before SLURM records the end
     assert sorted(job["state"] for job in jobs) == ["COMPLETED", "COMPLETED"], jobs
 
     stamps = {p: p.stat().st_mtime_ns for d in run_dirs(runs) for p in d.iterdir()}
