@@ -181,8 +181,13 @@ def sweep(
 
     from bnlab.sweep.grid import expand, split_experiment_all
 
+    parts = split_experiment_all(overrides or [])
+    sweeps = []
     try:
-        sweeps = [expand(part) for part in split_experiment_all(overrides or [])]
+        for part in parts:
+            if len(parts) > 1:  # composing experiment=all takes minutes: say what it is doing
+                typer.echo(f"composing {part[0]} ({len(sweeps) + 1}/{len(parts)})", err=True)
+            sweeps.append(expand(part))
     except BnlabError as e:
         raise _fail(str(e)) from None
     if not any(s.jobs for s in sweeps):

@@ -268,8 +268,10 @@ def test_the_cpu_grid_covers_every_claim_and_finds_every_committed_run_done():
     assert committed, "results/cpu/runs holds no finished run"
     proc = run_bnlab("sweep", "experiment=all", "preset=cpu", "--dry-run", f"paths.runs={runs}")
     assert proc.returncode == 0, proc.stderr
-    for name in EXPERIMENT_NAMES:
+    for i, name in enumerate(EXPERIMENT_NAMES, start=1):
         assert f"{name}:" in proc.stdout, name
+        # the minutes of composition are not silent
+        assert f"composing experiment={name} ({i}/{len(EXPERIMENT_NAMES)})" in proc.stderr
     found_done = {
         row.split("│")[-2].strip()
         for row in proc.stdout.splitlines()
