@@ -371,3 +371,53 @@ def test_submitit_errors_are_told_apart(tmp_path):
     (tmp_path / "14").write_text("a file, not a job folder")
     assert submitted_job_ids(tmp_path) == ["12_0", "12_1", "13"]
     assert submitted_job_ids(tmp_path / "missing") == []
+
+
+# Grid points as a sweep expands them: group choices and values, in Hydra's order. The
+# second and fourth share their group choices with the first and third, after a point
+# that set values: what one point sets must not leak into the next.
+GRID_POINTS = [
+    ["experiment=lr", "preset=cpu", "arm=fixup", "optim.lr=0.01", "train.seed=2"],
+    ["experiment=lr", "preset=cpu", "arm=fixup"],
+    ["norm=gn", "norm.groups=4", "model.depth=56"],
+    ["norm=gn"],
+    ["preset=smoke", "data.train_size=768", "optim.milestones=[0.3,0.6]"],
+]
+BAD_POINTS = [
+    ["optim.lr=abc"],  # wrong type
+    ["optim.nosuch=1"],  # unknown key
+    ["norm=nosuch"],  # unknown option
+    ["+optim.extra=1"],  # a key no code reads
+    ["optim.lr=[1"],  # cannot parse
+    ["~model.nosuch"],  # nothing to delete
+]
+
+
+@pytest.mark.parametrize("points", [GRID_POINTS, BAD_POINTS], ids=["configs", "errors"])
+def test_grid_composer_gives_load_configs_config_or_error_at_every_point(points):
+    from omegaconf import OmegaConf
+
+    from bnlab.compose import GridComposer, load_config
+    from bnlab.errors import BnlabError
+
+    def outcome(load, overrides):
+        try:
+            cfg = load(overrides)
+        except BnlabError as err:
+            return f"error: {err}"
+        return OmegaConf.to_yaml(cfg) + repr(OmegaConf.get_type(cfg.norm))
+
+    composer = GridComposer()
+    for overrides in points:
+        want_error = points is BAD_POINTS
+        assert outcome(load_config, overrides).startswith("error") == want_error, overrides
+        assert outcome(composer.load, overrides) == outcome(load_config, overrides), overrides
+
+
+def test_grid_composer_composes_each_set_of_group_choices_once():
+    from bnlab.compose import GridComposer
+
+    composer = GridComposer()
+    lrs = [composer.load(["norm=bn", f"optim.lr={lr}"]).optim.lr for lr in (0.1, 0.3)]
+    composer.load(["norm=gn", "optim.lr=0.1"])
+    assert lrs == [0.1, 0.3] and composer.compositions == 2

@@ -18,6 +18,10 @@ What is private here, and why bnlab needs it:
 - submitit's on-disk layout (one ``<job id>`` folder per submitted job under
   the submitit folder) and its exception types: which jobs a sweep submitted,
   whether sbatch refused a job, whether a job ended without a result.
+- ``ConfigLoaderImpl._apply_overrides_to_config`` and the config repository's
+  ``group_exists``: the second half of Hydra's own composition (value overrides
+  applied to the composed config), so a grid's points that share their config-group
+  choices are composed once and differ only in values (``bnlab.compose.GridComposer``).
 - HYDRA_FULL_ERROR: Hydra's entry point prints any exception as a traceback
   and exits 1; with it set the exception reaches bnlab, which says it in one line.
 """
@@ -76,6 +80,30 @@ def split_grid(overrides: Sequence[Any]) -> list[list[str]]:
 
     batches = BasicSweeper.split_arguments(list(overrides), None)
     return [list(job) for batch in batches for job in batch]
+
+
+def value_overrides(overrides: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """Parsed overrides split as Hydra's defaults list splits them: (group choices, values).
+
+    Call inside ``initialize_config_dir``. A value override is one whose key is not a
+    config group, or whose value is a dict (hydra._internal.defaults_list.Overrides).
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    repo = GlobalHydra.instance().config_loader().repository  # type: ignore[attr-defined]
+    groups, values = [], []
+    for override in overrides:
+        is_group = repo.group_exists(override.key_or_group)
+        is_value = isinstance(override.value(), dict) or not is_group
+        (values if is_value else groups).append(override)
+    return groups, values
+
+
+def apply_value_overrides(overrides: Sequence[Any], cfg: Any) -> None:
+    """Apply parsed value overrides to a composed config exactly as Hydra's compose does."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    ConfigLoaderImpl._apply_overrides_to_config(list(overrides), cfg)
 
 
 @contextlib.contextmanager

@@ -20,9 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 from bnlab.compose import (
     CONFIG_DIR,
     VERSION_BASE,
+    GridComposer,
     config_groups,
     hydra_error_line,
-    load_config,
 )
 from bnlab.config import register_configs, validate
 from bnlab.errors import BnlabError
@@ -98,9 +98,10 @@ def expand(overrides: Sequence[str]) -> Sweep:
         raise BnlabError(hydra_error_line(err)) from None
 
     jobs = []
+    composer = GridComposer()
     for job_overrides in grid_jobs:
         try:
-            cfg = load_config(job_overrides)
+            cfg = composer.load(job_overrides)
             validate(cfg)
         except BnlabError as err:
             raise BnlabError(f"grid point {' '.join(job_overrides)}: {err}") from None
