@@ -97,13 +97,13 @@ class GridComposer:
         """As load_config(overrides), with the same one-line errors."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from bnlab.sweep.adapters import apply_value_overrides, value_overrides
+        from bnlab.sweep.adapters import apply_value_overrides, split_group_choices
 
         register_configs()
         try:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
                 parsed = OverridesParser.create().parse_overrides(list(overrides))
-                groups, values = value_overrides(parsed)
+                groups, values = split_group_choices(parsed)
                 choices = tuple(str(o.input_line) for o in groups)
                 if choices not in self._bases:
                     self._bases[choices] = compose("config", overrides=list(choices))

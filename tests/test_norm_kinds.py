@@ -282,12 +282,35 @@ def test_batch_renorm_corrects_towards_running_stats() -> None:
 
 
 def test_batch_renorm_warmup_relaxes_limits_linearly() -> None:
-    renorm = _renorm(r_max=3.0, d_max=5.0, warmup_steps=10)
+    renorm = _renorm(r_max=3.0, d_max=5.0, warmup_steps=10).train()
     assert renorm.limits() == (1.0, 0.0)
-    renorm.num_batches_tracked.fill_(5)
-    assert renorm.limits() == (2.0, 2.5)
-    renorm.num_batches_tracked.fill_(50)
+    for _ in range(5):
+        renorm(torch.randn(4, 16, 2, 2))
+    assert renorm.limits() == (2.0, 2.5) and int(renorm.num_batches_tracked) == 5
+    # A loaded state dict (a resumed run) brings its own step count.
+    later = _renorm(r_max=3.0, d_max=5.0, warmup_steps=10)
+    later.num_batches_tracked.fill_(50)
+    renorm.load_state_dict(later.state_dict())
     assert renorm.limits() == (3.0, 5.0)
+    later.load_state_dict(_renorm(r_max=3.0, d_max=5.0, warmup_steps=10).state_dict())
+    assert later.limits() == (1.0, 0.0)
+
+
+def test_batch_renorm_training_step_reads_nothing_back_from_the_device(monkeypatch) -> None:
+    # On a GPU, int(buffer) or .item() waits for every queued kernel: once per layer per
+    # step would serialise a launch-bound step. The warm-up limits stay tensors.
+    renorm = _renorm(r_max=3.0, d_max=5.0, warmup_steps=10).train()
+    x = torch.randn(4, 16, 2, 2)
+
+    def no_reads(self: torch.Tensor) -> int:
+        raise AssertionError("a tensor was read back to the host in Batch Renorm's forward")
+
+    with monkeypatch.context() as patch:
+        for name in ("__int__", "__float__", "__bool__", "item", "tolist"):
+            patch.setattr(torch.Tensor, name, no_reads)
+        for _ in range(4):
+            renorm(x)
+    assert renorm.limits() == pytest.approx((1.8, 2.0))
 
 
 def test_batch_renorm_value_checks() -> None:

@@ -274,23 +274,30 @@ class BatchRenorm2d(nn.BatchNorm2d):
         self.warmup_steps = warmup_steps
 
     def limits(self) -> tuple[float, float]:
-        """(r_max, d_max) at the current step of the warm-up."""
-        step = int(self.num_batches_tracked)
-        frac = 1.0 if self.warmup_steps <= 0 else min(1.0, step / self.warmup_steps)
+        """(r_max, d_max) at the current step of the warm-up (reads the step count)."""
+        r_max, d_max = self._limits()
+        return float(r_max), float(d_max)
+
+    def _limits(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        # As tensors on the layer's device: reading num_batches_tracked back to the host
+        # would wait for every queued kernel on a GPU, once per layer per step.
+        if self.warmup_steps <= 0:
+            return self.r_max, self.d_max
+        frac = (self.num_batches_tracked / self.warmup_steps).clamp(max=1.0)
         return 1.0 + (self.r_max - 1.0) * frac, self.d_max * frac
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        r_max, d_max = self.limits()
+        r_max, d_max = self._limits()
         xf = x.float()  # statistics in fp32 under bf16 autocast, like BN's kernel
         mean = xf.mean(dim=(0, 2, 3))
         var = xf.var(dim=(0, 2, 3), unbiased=False)
         std = (var + self.eps).sqrt()
         with torch.no_grad():
             running_std = (self.running_var + self.eps).sqrt()
-            r = (std / running_std).clamp(1.0 / r_max, r_max)
-            d = ((mean - self.running_mean) / running_std).clamp(-d_max, d_max)
+            r = torch.clamp(std / running_std, 1.0 / r_max, r_max)  # type: ignore[arg-type]
+            d = torch.clamp((mean - self.running_mean) / running_std, -d_max, d_max)  # type: ignore[arg-type]
             n = x.numel() / x.shape[1]
             momentum = float(self.momentum)  # type: ignore[arg-type]
             self.running_mean.lerp_(mean, momentum)

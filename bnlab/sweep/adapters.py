@@ -82,7 +82,7 @@ def split_grid(overrides: Sequence[Any]) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
-def value_overrides(overrides: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+def split_group_choices(overrides: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     """Parsed overrides split as Hydra's defaults list splits them: (group choices, values).
 
     Call inside ``initialize_config_dir``. A value override is one whose key is not a
