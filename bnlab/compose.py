@@ -6,10 +6,11 @@ become a single BnlabError naming the offending override.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -66,17 +67,22 @@ def hydra_error_line(err: BaseException) -> str:
     return first
 
 
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Within: a Hydra/OmegaConf composition error becomes a one-line BnlabError."""
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise BnlabError(hydra_error_line(err)) from None
+
+
 def load_config(overrides: Sequence[str]) -> DictConfig:
     """The composed, typed config; raises BnlabError on any composition problem."""
     register_configs()
-    try:
+    with one_line_errors():
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
             cfg = compose("config", overrides=list(overrides))
-        # Resolve interpolations now so that a bad ${...} is a config error, not a crash later.
-        OmegaConf.resolve(cfg)
-        _reject_unknown_keys(cfg, "")
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise BnlabError(hydra_error_line(err)) from None
+        _check_composed(cfg)
     return cfg
 
 
@@ -100,7 +106,7 @@ class GridComposer:
         from bnlab.sweep.adapters import apply_value_overrides, split_group_choices
 
         register_configs()
-        try:
+        with one_line_errors():
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
                 parsed = OverridesParser.create().parse_overrides(list(overrides))
                 groups, values = split_group_choices(parsed)
@@ -109,16 +115,19 @@ class GridComposer:
                     self._bases[choices] = compose("config", overrides=list(choices))
             cfg = copy.deepcopy(self._bases[choices])
             apply_value_overrides(values, cfg)
-            OmegaConf.resolve(cfg)
-            _reject_unknown_keys(cfg, "")
-        except (HydraException, OmegaConfBaseException, ValueError) as err:
-            raise BnlabError(hydra_error_line(err)) from None
+            _check_composed(cfg)
         return cfg
 
     @property
     def compositions(self) -> int:
         """How many defaults trees were composed (one per distinct set of group choices)."""
         return len(self._bases)
+
+
+def _check_composed(cfg: DictConfig) -> None:
+    # Resolve interpolations now so that a bad ${...} is a config error, not a crash later.
+    OmegaConf.resolve(cfg)
+    _reject_unknown_keys(cfg, "")
 
 
 def _reject_unknown_keys(node: DictConfig, prefix: str) -> None:

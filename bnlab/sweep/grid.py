@@ -13,16 +13,14 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from bnlab.compose import (
     CONFIG_DIR,
     VERSION_BASE,
     GridComposer,
     config_groups,
-    hydra_error_line,
+    one_line_errors,
 )
 from bnlab.config import register_configs, validate
 from bnlab.errors import BnlabError
@@ -78,7 +76,7 @@ def expand(overrides: Sequence[str]) -> Sweep:
     register_configs()
     hydra_overrides = [o for o in overrides if _is_hydra_override(o)]
     task_overrides = [o for o in overrides if not _is_hydra_override(o)]
-    try:
+    with one_line_errors():
         parser = OverridesParser.create()
         parsed = parser.parse_overrides(list(task_overrides))
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -94,8 +92,6 @@ def expand(overrides: Sequence[str]) -> Sweep:
         launcher = str(hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
         launcher_params = OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
         assert isinstance(launcher_params, dict)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise BnlabError(hydra_error_line(err)) from None
 
     jobs = []
     composer = GridComposer()
