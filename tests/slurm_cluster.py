@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bnlab.sweep.slurm import LIVE_STATES
+
 NODE_CPUS = 2
 NODE_MEMORY_MB = 2048
 PARTITION = "debug"
@@ -56,12 +58,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-# sacct states of a job that has not ended yet.
-_LIVE_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
-)
 
 
 def _wait(
@@ -176,7 +172,7 @@ class SlurmCluster:
         def ended() -> bool:
             nonlocal jobs
             jobs = [job for job in self.accounting() if job["id"] not in exclude]
-            return len(jobs) >= count and not any(job["state"] in _LIVE_STATES for job in jobs)
+            return len(jobs) >= count and not any(job["state"] in LIVE_STATES for job in jobs)
 
         try:
             _wait(f"sacct to record the end of {count} jobs", ended, timeout, {})

@@ -129,6 +129,31 @@ def test_the_watch_cancels_jobs_that_can_never_start_and_only_those(tmp_path, mo
     )
 
 
+def test_final_states_wait_for_accounting_to_record_each_end(tmp_path, monkeypatch):
+    # slurmdbd hears of a job's end after squeue stops listing it: a first sacct can
+    # still say RUNNING, and a lost run would be recorded as "ended RUNNING".
+    answers = iter(["9_0|COMPLETED\n9_1|RUNNING\n", "9_0|COMPLETED\n9_1|CANCELLED by 0\n"])
+    calls: list[tuple[str, ...]] = []
+
+    def sacct(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(list(cmd), 0, next(answers), "")
+
+    watch = bnlab_slurm.JobWatch(tmp_path, {})
+    monkeypatch.setattr(watch, "job_ids", lambda: ["9_0", "9_1"])
+    monkeypatch.setattr(bnlab_slurm, "_run", sacct)
+    monkeypatch.setattr(bnlab_slurm.time, "sleep", lambda s: None)
+    assert watch.final_states() == {"9_0": "COMPLETED", "9_1": "CANCELLED"}
+    assert len(calls) == 2 and calls[0][0] == "sacct"
+
+    # A state that never settles is returned as it is once settle_s has passed.
+    monkeypatch.setattr(bnlab_slurm, "_run", lambda *cmd, timeout=30: subprocess.CompletedProcess(
+        list(cmd), 0, "9_0|RUNNING\n", ""))  # fmt: skip
+    clock = iter([0.0, 10.0, 31.0])
+    monkeypatch.setattr(bnlab_slurm.time, "monotonic", lambda: next(clock))
+    assert watch.final_states(settle_s=30) == {"9_0": "RUNNING"}
+
+
 def test_runs_whose_jobs_were_lost_are_marked_failed_and_only_those(runs):
     from bnlab.store import RunStore
     from bnlab.sweep.grid import expand

@@ -319,11 +319,27 @@ class JobWatch:
                 return
             time.sleep(self.poll_s)
 
-    def final_states(self) -> dict[str, str]:
-        """sacct's last state of each of the sweep's jobs (CANCELLED, NODE_FAIL, ...)."""
-        rows = _states(["sacct", "-X", "-n", "-P"], self.job_ids(), "JobID,State", 2)
-        # "CANCELLED by 0" -> CANCELLED
-        return {jid: state.split()[0] if state else "UNKNOWN" for jid, state in rows}
+    def final_states(self, settle_s: float = 30) -> dict[str, str]:
+        """sacct's last state of each of the sweep's jobs (CANCELLED, NODE_FAIL, ...).
+
+        slurmctld tells the accounting daemon of a job's end asynchronously, so sacct
+        can still say RUNNING once squeue no longer lists the job: ask again, for up to
+        `settle_s`, while any job shows a state it has not ended in.
+        """
+        deadline = time.monotonic() + settle_s
+        while True:
+            rows = _states(["sacct", "-X", "-n", "-P"], self.job_ids(), "JobID,State", 2)
+            # "CANCELLED by 0" -> CANCELLED
+            states = {jid: state.split()[0] if state else "UNKNOWN" for jid, state in rows}
+            if not LIVE_STATES.intersection(states.values()) or time.monotonic() >= deadline:
+                return states
+            time.sleep(1)
+
+
+# sacct states of a job that has not ended yet.
+LIVE_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+)
 
 
 def job_index(job_id: str) -> int:
