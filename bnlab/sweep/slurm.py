@@ -244,6 +244,12 @@ def _states(command: list[str], ids: list[str], fmt: str, fields: int) -> list[l
     return [line.split("|") for line in out.splitlines() if line.count("|") == fields - 1]
 
 
+# sacct states of a job that has not ended yet.
+LIVE_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+)
+
+
 @dataclass
 class JobWatch:
     """Polls squeue for the jobs submitit submitted into `submitit_folder` (see module doc)."""
@@ -334,12 +340,6 @@ class JobWatch:
             if not LIVE_STATES.intersection(states.values()) or time.monotonic() >= deadline:
                 return states
             time.sleep(1)
-
-
-# sacct states of a job that has not ended yet.
-LIVE_STATES = frozenset(
-    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
-)
 
 
 def job_index(job_id: str) -> int:
