@@ -18,22 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from bnlab.errors import BnlabError
-from bnlab.norm_kinds import (  # noqa: F401  (re-exported: the schemas are part of the config)
-    NORM_FREE_KINDS,
-    NORM_KINDS,
-    BatchNormConfig,
-    BatchRenormConfig,
-    GhostBatchNormConfig,
-    GroupNormConfig,
-    InstanceNormConfig,
-    LayerNormConfig,
-    NoisyBatchNormConfig,
-    NoisyNoNormConfig,
-    NoNormConfig,
-    NormConfig,
-    WeightNormConfig,
-    check_norm,
-)
+from bnlab.norm_kinds import NORM_FREE_KINDS, NORM_KINDS, NormConfig, check_norm
 
 # ----------------------------------------------------------------------------- data
 

@@ -29,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from bnlab.build import build_model
 from bnlab.errors import BnlabError, first_line
-from bnlab.models import build_model
 from bnlab.models.fold import fold_bn
 from bnlab.store import CorruptCheckpoint, RunDir, atomic_write_bytes, load_checkpoint_file
 

@@ -1,17 +1,25 @@
-"""Every normalisation kind, one entry each: its config schema, its layer, its checks.
+"""Every normalisation kind as the config sees it: its schema, conv-bias rule and checks.
 
-A new norm kind is one ``NormKind`` in ``NORM_KINDS`` (plus, if it has settings,
-its dataclass here and a ``conf/norm/<kind>.yaml`` holding only what differs from
-the dataclass defaults) and one test. Everything else reads this table:
+A norm kind has two halves, split so that the config never pays a torch import:
+
+- here (torch-free): its ``NormKind`` entry in ``NORM_KINDS`` -- the schema
+  dataclass, whether convolutions in front of it keep a bias, the value checks,
+  whether it normalises at all;
+- ``bnlab.build`` (imports torch and the layers): its factory in ``NORM_LAYERS``,
+  (norm node) -> ``norm_layer`` (channels -> layer: a class or a functools.partial).
+
+A new norm kind is one entry in each table (plus, if it has settings, its dataclass
+here and a ``conf/norm/<kind>.yaml`` holding only what differs from the dataclass
+defaults) and one test; tests/test_norm_registry.py fails if a kind is in one
+table and not the other. Everything else reads these tables:
 
 - ``bnlab.config`` registers each schema in Hydra's ConfigStore (so
   ``norm=bn norm.groups=4`` is an unknown-key error) and runs each kind's checks;
-- ``bnlab.models`` builds the layer, and decides whether convolutions keep a bias;
+- ``bnlab.build.build_model`` hands the models a ``norm_layer`` and ``conv_bias``;
 - ``bnlab train --help`` lists each kind's keys.
 
-This module does not import torch at import time (the CLI's help, the sweep's
-grid checks and the report must stay fast): each builder imports its layer class
-from ``bnlab.models.norms`` when it is called.
+This module imports neither torch nor ``bnlab.models`` (the CLI's help, the sweep's
+grid checks and the report must stay fast); the models import nothing from here.
 """
 
 from __future__ import annotations
@@ -164,8 +172,12 @@ def check_groups(n: Any, cfg: Any) -> None:
     )
 
 
+NOISE_KEYS = ("noise_mean", "noise_scale", "noise_jitter")
+
+
 def check_noise(n: Any, cfg: Any) -> None:
-    for key, value in _noise(n).items():
+    for key in NOISE_KEYS:
+        value = float(getattr(n, key))
         _require(value >= 0.0, f"norm.{key}={value} must be >= 0")
 
 
@@ -185,105 +197,16 @@ def check_renorm(n: Any, cfg: Any) -> None:
     _require(n.warmup_steps >= 0, f"norm.warmup_steps={n.warmup_steps} must be >= 0")
 
 
-# ----------------------------------------------------------------------------- builders
-# Each imports its layer when called: this module stays importable without torch.
-
-
-def _bn_kwargs(n: Any) -> dict[str, Any]:
-    # ghost_bn and batch_renorm have no track_running_stats key: they always track.
-    tracked = getattr(n, "track_running_stats", True)
-    return {
-        "eps": n.eps,
-        "momentum": n.momentum,
-        "affine": n.affine,
-        "track_running_stats": tracked,
-    }
-
-
-def build_bn(n: Any, channels: int) -> Any:
-    from torch import nn
-
-    return nn.BatchNorm2d(channels, **_bn_kwargs(n))
-
-
-def build_identity(n: Any, channels: int) -> Any:
-    # An Identity (not a missing attribute) keeps every block's layout and module
-    # names the same across kinds, so probes and hooks need no cases.
-    from torch import nn
-
-    return nn.Identity()
-
-
-def build_groups(groups: Callable[[Any, int], int]) -> Callable[[Any, int], Any]:
-    """GroupNorm with `groups(n, channels)` groups: GN, and LN (1) and IN (C) as its
-    special cases -- LN/IN in the sense of the BN/GN literature (Wu & He 2018): one
-    code path, a per-channel affine, no spatial size needed at build time."""
-
-    def build(n: Any, channels: int) -> Any:
-        from torch import nn
-
-        g = groups(n, channels)
-        if channels % g != 0:
-            raise ValueError(
-                f"norm.groups={g} does not divide {channels} channels; "
-                "GroupNorm needs a group count that divides every layer's width"
-            )
-        return nn.GroupNorm(g, channels, eps=n.eps, affine=n.affine)
-
-    return build
-
-
-def build_noisy_bn(n: Any, channels: int) -> Any:
-    from bnlab.models.norms import NoisyBatchNorm2d
-
-    return NoisyBatchNorm2d(channels, **_noise(n), **_bn_kwargs(n))
-
-
-def build_noise(n: Any, channels: int) -> Any:
-    from bnlab.models.norms import ActivationNoise
-
-    return ActivationNoise(**_noise(n))
-
-
-def build_ghost_bn(n: Any, channels: int) -> Any:
-    from bnlab.models.norms import GhostBatchNorm2d
-
-    return GhostBatchNorm2d(channels, n.virtual_batch, **_bn_kwargs(n))
-
-
-def build_renorm(n: Any, channels: int) -> Any:
-    from bnlab.models.norms import BatchRenorm2d
-
-    return BatchRenorm2d(
-        channels, n.r_max, n.d_max, n.warmup_steps, eps=n.eps, momentum=n.momentum, affine=n.affine
-    )
-
-
-def weight_norm_layer(layer: Any) -> Any:
-    # dim=0: one g per output channel (conv) or output unit (linear).
-    from torch.nn.utils import parametrizations
-
-    return parametrizations.weight_norm(layer, name="weight", dim=0)
-
-
-def _noise(n: Any) -> dict[str, float]:
-    return {k: float(getattr(n, k)) for k in ("noise_mean", "noise_scale", "noise_jitter")}
-
-
 # ----------------------------------------------------------------------------- the table
 
 
 @dataclass(frozen=True)
 class NormKind:
     schema: type[NormConfig]
-    build: Callable[[Any, int], Any]  # (norm node, channels) -> the layer
     # A conv bias is wasted in front of a layer that subtracts a mean (and adds its
     # own learned shift); it is only needed when nothing follows the conv.
     conv_bias: bool
     checks: Sequence[Check] = ()
-    # Applied to every Conv2d/Linear after initialisation (weight norm must see the
-    # initialised weight: it sets g = ||w||, so the function is unchanged).
-    wrap_layer: Callable[[Any], Any] | None = None
     # No normalisation at all: what Fixup/SkipInit replace. (weight_norm is not:
     # Fixup's zero-initialised convs have no direction v / ||v||.)
     norm_free: bool = False
@@ -302,39 +225,24 @@ class NormKind:
 _BN_CHECKS = (check_eps, check_momentum)
 
 NORM_KINDS: dict[str, NormKind] = {
-    "bn": NormKind(BatchNormConfig, build_bn, conv_bias=False, checks=_BN_CHECKS),
-    "none": NormKind(NoNormConfig, build_identity, conv_bias=True, norm_free=True),
-    "gn": NormKind(
-        GroupNormConfig,
-        build_groups(lambda n, c: n.groups),
-        conv_bias=False,
-        checks=(check_eps, check_groups),
-    ),
-    "ln": NormKind(
-        LayerNormConfig, build_groups(lambda n, c: 1), conv_bias=False, checks=(check_eps,)
-    ),
-    "bn_noisy": NormKind(
-        NoisyBatchNormConfig, build_noisy_bn, conv_bias=False, checks=(*_BN_CHECKS, check_noise)
-    ),
+    "bn": NormKind(BatchNormConfig, conv_bias=False, checks=_BN_CHECKS),
+    "none": NormKind(NoNormConfig, conv_bias=True, norm_free=True),
+    "gn": NormKind(GroupNormConfig, conv_bias=False, checks=(check_eps, check_groups)),
+    "ln": NormKind(LayerNormConfig, conv_bias=False, checks=(check_eps,)),
+    "bn_noisy": NormKind(NoisyBatchNormConfig, conv_bias=False, checks=(*_BN_CHECKS, check_noise)),
     # Noise without BN: its shift is not learned, so the convs keep their biases.
     "none_noisy": NormKind(
-        NoisyNoNormConfig, build_noise, conv_bias=True, checks=(check_noise,), norm_free=True
+        NoisyNoNormConfig, conv_bias=True, checks=(check_noise,), norm_free=True
     ),
     "ghost_bn": NormKind(
-        GhostBatchNormConfig,
-        build_ghost_bn,
-        conv_bias=False,
-        checks=(*_BN_CHECKS, check_virtual_batch),
+        GhostBatchNormConfig, conv_bias=False, checks=(*_BN_CHECKS, check_virtual_batch)
     ),
     "batch_renorm": NormKind(
-        BatchRenormConfig, build_renorm, conv_bias=False, checks=(*_BN_CHECKS, check_renorm)
+        BatchRenormConfig, conv_bias=False, checks=(*_BN_CHECKS, check_renorm)
     ),
-    "in": NormKind(
-        InstanceNormConfig, build_groups(lambda n, c: c), conv_bias=False, checks=(check_eps,)
-    ),
-    "weight_norm": NormKind(
-        WeightNormConfig, build_identity, conv_bias=True, wrap_layer=weight_norm_layer
-    ),
+    "in": NormKind(InstanceNormConfig, conv_bias=False, checks=(check_eps,)),
+    # No norm layer: every conv/linear weight is reparametrised (bnlab.build), no shift.
+    "weight_norm": NormKind(WeightNormConfig, conv_bias=True),
 }
 NORM_FREE_KINDS = tuple(k for k, v in NORM_KINDS.items() if v.norm_free)
 

@@ -18,11 +18,12 @@ import torch
 from omegaconf import DictConfig
 
 from bnlab import __version__
+from bnlab.build import build_model
 from bnlab.config import validate
 from bnlab.data import DeviceLoader, load_dataset
 from bnlab.data.load import curve_subset
 from bnlab.errors import BnlabError
-from bnlab.models import build_model, count_params
+from bnlab.models import count_params
 from bnlab.sinks import make_sink
 from bnlab.store import RunBusy, RunStore, check_writable, git_commit, run_id
 from bnlab.train.bn_modes import bn_modes

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 import bnlab.train.probes as probes
+from bnlab.build import build_model
 from bnlab.compose import load_config
-from bnlab.models.resnet import build_model
 from bnlab.train.runtime import resolve_runtime
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bnlab.config import BatchNormConfig, ModelConfig, NoNormConfig
-from bnlab.models import build_model
+from bnlab.build import build_model
+from bnlab.config import ModelConfig
 from bnlab.models.fold import fold_bn
+from bnlab.norm_kinds import BatchNormConfig, NoNormConfig
 
 
 def _sync(device: torch.device) -> None:

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bnlab.build import build_model
 from bnlab.compose import load_config
 from bnlab.data import load_dataset
-from bnlab.models import build_model
 from bnlab.models import norms as norms_module
 
 VARIANTS: dict[str, list[str]] = {

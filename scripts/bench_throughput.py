@@ -48,9 +48,10 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
-from bnlab.config import BatchNormConfig, DataConfig, ModelConfig, OptimConfig
+from bnlab.build import build_model
+from bnlab.config import DataConfig, ModelConfig, OptimConfig
 from bnlab.data import DeviceLoader, load_dataset
-from bnlab.models import build_model
+from bnlab.norm_kinds import BatchNormConfig
 from bnlab.train.fit import build_optimizer
 from bnlab.train.loop import DivergenceGuard, SilentReporter, train_epoch
 from bnlab.train.runtime import Runtime, compile_model, resolve_runtime, share_gpu

@@ -10,13 +10,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from bnlab.build import build_model
 from bnlab.compose import load_config
-from bnlab.config import BatchNormConfig, GroupNormConfig, ModelConfig, NoNormConfig
+from bnlab.config import ModelConfig
 from bnlab.data import load_dataset
 from bnlab.errors import BnlabError
 from bnlab.export import export_run
-from bnlab.models import build_model
 from bnlab.models.fold import fold_bn
+from bnlab.norm_kinds import BatchNormConfig, GroupNormConfig, NoNormConfig
 from bnlab.recipe import train
 
 RESNET20_BNS = 1 + 3 * 3 * 2  # the stem, then two per block, three blocks in each of 3 stages

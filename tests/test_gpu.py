@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnlab.build import build_model
 from bnlab.compose import load_config
-from bnlab.config import BatchNormConfig, DataConfig, ModelConfig
+from bnlab.config import DataConfig, ModelConfig
 from bnlab.data import DeviceLoader, load_dataset
-from bnlab.models import build_model
+from bnlab.norm_kinds import BatchNormConfig
 from bnlab.recipe import train
 from bnlab.train.loop import evaluate
 from bnlab.train.runtime import compile_model, resolve_runtime

@@ -1,6 +1,8 @@
-"""The model layer: parameter counts, shortcuts, norm factory, init, and a training step."""
+"""The model layer: parameter counts, shortcuts, norm factories, init, and a training step."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 import torch
@@ -9,22 +11,24 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import bnlab.models.resnet as resnet_module
-from bnlab.config import (
+from bnlab.build import build_model, norm_layer
+from bnlab.config import RESIDUAL_INITS, ModelConfig
+from bnlab.models import (
+    BasicBlock,
+    CifarResNet,
+    PadShortcut,
+    cifar_resnet,
+    count_params,
+    initialize,
+)
+from bnlab.models.init import RESIDUAL_SCHEMES
+from bnlab.norm_kinds import (
     BatchNormConfig,
     GroupNormConfig,
     LayerNormConfig,
-    ModelConfig,
     NoNormConfig,
     NormConfig,
-)
-from bnlab.models import (
-    BasicBlock,
-    PadShortcut,
-    build_model,
-    conv_needs_bias,
-    count_params,
-    initialize,
-    make_norm,
+    norm_kind,
 )
 from tests.training import sgd_losses
 
@@ -153,8 +157,8 @@ def test_plain_block_really_has_no_skip() -> None:
     # With norm2's affine zeroed the residual branch outputs exactly 0, so the
     # block is relu(shortcut(x)): relu(x) with a skip, 0 without one.
     x = torch.randn(2, 16, 8, 8)
-    residual = _zero_second_norm(BasicBlock(16, 16, 1, BatchNormConfig(), residual=True))
-    plain = _zero_second_norm(BasicBlock(16, 16, 1, BatchNormConfig(), residual=False))
+    residual = _zero_second_norm(BasicBlock(16, 16, 1, nn.BatchNorm2d, residual=True))
+    plain = _zero_second_norm(BasicBlock(16, 16, 1, nn.BatchNorm2d, residual=False))
     assert plain.shortcut is None
     torch.testing.assert_close(residual(x), F.relu(x), rtol=0, atol=0)
     assert torch.equal(plain(x), torch.zeros_like(x))
@@ -162,7 +166,7 @@ def test_plain_block_really_has_no_skip() -> None:
 
 def test_downsampling_block_uses_the_padded_shortcut() -> None:
     x = torch.randn(2, 16, 8, 8)
-    block = _zero_second_norm(BasicBlock(16, 32, 2, BatchNormConfig(), residual=True))
+    block = _zero_second_norm(BasicBlock(16, 32, 2, nn.BatchNorm2d, residual=True))
     assert isinstance(block.shortcut, PadShortcut)
     expected = F.relu(F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, 16)))
     torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
@@ -190,60 +194,90 @@ def test_pad_shortcut_is_parameter_free_and_zero_pads_channels() -> None:
 
 def test_shortcut_shapes_match_the_conv_path() -> None:
     x = torch.randn(2, 16, 7, 7)
-    block = BasicBlock(16, 32, 2, BatchNormConfig(), residual=True)
+    block = BasicBlock(16, 32, 2, nn.BatchNorm2d, residual=True)
     assert block(x).shape == (2, 32, 4, 4)
 
 
 # ----------------------------------------------------------------------------- norms
 
 
-def test_make_norm_bn_settings() -> None:
+def test_norm_layer_bn_settings() -> None:
     cfg = BatchNormConfig(momentum=0.05, eps=1e-3, affine=False, track_running_stats=False)
-    layer = make_norm(cfg, 32)
+    layer = norm_layer(cfg)(32)
     assert type(layer) is nn.BatchNorm2d
     assert (layer.num_features, layer.eps, layer.momentum) == (32, 1e-3, 0.05)
     assert not layer.affine and not layer.track_running_stats
     assert layer.weight is None and layer.running_mean is None
 
 
-def test_make_norm_other_kinds() -> None:
-    assert type(make_norm(NoNormConfig(), 16)) is nn.Identity
+def test_norm_layer_other_kinds() -> None:
+    assert type(norm_layer(NoNormConfig())(16)) is nn.Identity
 
-    gn = make_norm(GroupNormConfig(groups=4, eps=1e-4), 32)
+    gn = norm_layer(GroupNormConfig(groups=4, eps=1e-4))(32)
     assert type(gn) is nn.GroupNorm
     assert (gn.num_groups, gn.num_channels, gn.eps, gn.affine) == (4, 32, 1e-4, True)
 
-    ln = make_norm(LayerNormConfig(affine=False), 64)
+    ln = norm_layer(LayerNormConfig(affine=False))(64)
     assert type(ln) is nn.GroupNorm
     assert (ln.num_groups, ln.num_channels, ln.affine) == (1, 64, False)
 
 
-def test_make_norm_accepts_omegaconf_nodes() -> None:
+def test_norm_layer_accepts_omegaconf_nodes() -> None:
     node = OmegaConf.structured(GroupNormConfig(groups=2))
-    layer = make_norm(node, 16)
+    layer = norm_layer(node)(16)
     assert isinstance(layer, nn.GroupNorm) and layer.num_groups == 2
-    assert conv_needs_bias(OmegaConf.structured(NoNormConfig()))
+    assert norm_kind(OmegaConf.structured(NoNormConfig()).kind).conv_bias
 
 
 def test_group_norm_groups_must_divide_channels() -> None:
     with pytest.raises(ValueError, match="groups=6 does not divide 16"):
-        make_norm(GroupNormConfig(groups=6), 16)
+        norm_layer(GroupNormConfig(groups=6))(16)
 
 
 def test_unknown_norm_kind_lists_the_known_ones() -> None:
     cfg = NormConfig(kind="weird")
     with pytest.raises(ValueError, match="bn, none, gn, ln"):
-        make_norm(cfg, 16)
+        norm_layer(cfg)(16)
     with pytest.raises(ValueError, match="weird"):
-        conv_needs_bias(cfg)
+        norm_kind(cfg.kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_conv_bias_iff_no_norm(kind: str) -> None:
     convs = [m for m in _build(kind=kind).modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == SMALL - 1  # every layer but the head is a conv
-    assert conv_needs_bias(NORM_CONFIGS[kind]) == (kind == "none")
+    assert norm_kind(kind).conv_bias == (kind == "none")
     assert all((c.bias is not None) == (kind == "none") for c in convs)
+
+
+def test_models_take_a_norm_layer_and_no_config() -> None:
+    # Any channels -> layer callable: the config is not needed to build a network.
+    net = CifarResNet(8, norm_layer=partial(nn.GroupNorm, 4), conv_bias=False)
+    assert isinstance(net.layer2[0].norm2, nn.GroupNorm) and net.layer2[0].norm2.num_groups == 4
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    block = BasicBlock(16, 16, 1)  # defaults: BN, no conv bias (torchvision's block)
+    assert isinstance(block.norm1, nn.BatchNorm2d) and block.conv1.bias is None
+    biased = BasicBlock(16, 16, 1, nn.Identity, conv_bias=True)
+    assert isinstance(biased.norm1, nn.Identity) and biased.conv1.bias is not None
+
+
+@pytest.mark.parametrize("init", ["kaiming", "fixup"])
+def test_build_model_only_translates_the_config(init: str) -> None:
+    # build_model reads the config and passes plain values on: same seed, same weights.
+    kind = "none" if init == "fixup" else "bn"
+    torch.manual_seed(0)
+    built = build_model(ModelConfig(depth=SMALL, init=init), NORM_CONFIGS[kind])
+    torch.manual_seed(0)
+    layer = nn.Identity if kind == "none" else nn.BatchNorm2d
+    direct = cifar_resnet(SMALL, layer, conv_bias=kind == "none", init=init)
+    assert built.state_dict().keys() == direct.state_dict().keys()
+    for key, value in built.state_dict().items():
+        assert torch.equal(value, direct.state_dict()[key]), key
+
+
+def test_residual_inits_agree_between_config_and_models() -> None:
+    # config.py names them torch-free for validate(); models/init.py implements them.
+    assert set(RESIDUAL_INITS) == set(RESIDUAL_SCHEMES)
 
 
 # ----------------------------------------------------------------------------- init

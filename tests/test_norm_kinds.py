@@ -9,29 +9,28 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from bnlab.build import build_model, norm_layer
 from bnlab.compose import load_config
-from bnlab.config import (
-    BatchNormConfig,
-    BatchRenormConfig,
-    GhostBatchNormConfig,
-    InstanceNormConfig,
-    ModelConfig,
-    NoisyBatchNormConfig,
-    NoisyNoNormConfig,
-    NoNormConfig,
-    OptimConfig,
-    WeightNormConfig,
-    validate,
-)
+from bnlab.config import ModelConfig, OptimConfig, validate
 from bnlab.data import DeviceLoader
 from bnlab.errors import BnlabError
-from bnlab.models import BasicBlock, build_model, count_params, make_norm
+from bnlab.models import BasicBlock, count_params
 from bnlab.models.norms import (
     ActivationNoise,
     BatchRenorm2d,
     GhostBatchNorm2d,
     NoisyBatchNorm2d,
     norm_affine_parameters,
+)
+from bnlab.norm_kinds import (
+    BatchNormConfig,
+    BatchRenormConfig,
+    GhostBatchNormConfig,
+    InstanceNormConfig,
+    NoisyBatchNormConfig,
+    NoisyNoNormConfig,
+    NoNormConfig,
+    WeightNormConfig,
 )
 from bnlab.store import run_id
 from bnlab.train.fit import build_optimizer
@@ -88,7 +87,7 @@ def test_kind_has_its_own_keys(kind: str) -> None:
 
 def test_noise_only_in_training_and_fresh_each_step() -> None:
     torch.manual_seed(0)
-    noisy = _randomise_affine(make_norm(NoisyBatchNormConfig(), 16))
+    noisy = _randomise_affine(norm_layer(NoisyBatchNormConfig())(16))
     assert isinstance(noisy, NoisyBatchNorm2d)
     plain = nn.BatchNorm2d(16)
     _copy_bn(noisy, plain)
@@ -148,7 +147,7 @@ def test_noise_gradient_is_the_multiplier_and_the_draws_follow_the_seed() -> Non
 
 
 def test_none_noisy_is_noise_without_bn() -> None:
-    layer = make_norm(NoisyNoNormConfig(), 16)
+    layer = norm_layer(NoisyNoNormConfig())(16)
     assert type(layer) is ActivationNoise and not list(layer.parameters())
     x = torch.randn(4, 16, 4, 4)
     assert torch.equal(layer.eval()(x), x)
@@ -160,7 +159,7 @@ def test_none_noisy_is_noise_without_bn() -> None:
 
 def test_ghost_bn_with_the_whole_batch_is_bn() -> None:
     torch.manual_seed(0)
-    ghost = _randomise_affine(make_norm(GhostBatchNormConfig(virtual_batch=8), 16))
+    ghost = _randomise_affine(norm_layer(GhostBatchNormConfig(virtual_batch=8))(16))
     assert isinstance(ghost, GhostBatchNorm2d)
     bn = nn.BatchNorm2d(16)
     _copy_bn(ghost, bn)
@@ -173,7 +172,7 @@ def test_ghost_bn_with_the_whole_batch_is_bn() -> None:
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_ghost_bn_normalises_each_chunk_on_its_own(virtual_batch: int, channels_last: bool):
     torch.manual_seed(0)
-    ghost = _randomise_affine(make_norm(GhostBatchNormConfig(virtual_batch=virtual_batch), 16))
+    ghost = _randomise_affine(norm_layer(GhostBatchNormConfig(virtual_batch=virtual_batch))(16))
     bn = nn.BatchNorm2d(16)
     _copy_bn(ghost, bn)
     x = torch.randn(8, 16, 8, 8) * torch.linspace(0.5, 2, 8).view(8, 1, 1, 1)
@@ -207,14 +206,14 @@ def test_ghost_bn_normalises_each_chunk_on_its_own(virtual_batch: int, channels_
 
 
 def test_ghost_bn_uneven_last_chunk() -> None:
-    ghost = make_norm(GhostBatchNormConfig(virtual_batch=4), 8).train()
+    ghost = norm_layer(GhostBatchNormConfig(virtual_batch=4))(8).train()
     x = torch.randn(6, 8, 4, 4)  # chunks of 4 and 2
     ref = nn.BatchNorm2d(8).train()
     torch.testing.assert_close(ghost(x)[4:], ref(x[4:]))
 
 
 def test_ghost_bn_uneven_chunks_weight_the_running_stats_by_size() -> None:
-    ghost = make_norm(GhostBatchNormConfig(virtual_batch=4, momentum=1.0), 8).train()
+    ghost = norm_layer(GhostBatchNormConfig(virtual_batch=4, momentum=1.0))(8).train()
     x = torch.randn(6, 8, 4, 4)  # chunks of 4 and 2
     ghost(x)
     a, b = x[:4], x[4:]
@@ -228,7 +227,7 @@ def test_ghost_bn_training_step_makes_no_tensor_from_host_data(monkeypatch) -> N
     # On a GPU, torch.tensor(list, device=cuda) copies from host memory and waits for
     # every queued kernel: one such call per layer turned a launch-bound Ghost BN step
     # into ~3.4x a BN step on an H200. The training forward must not make one.
-    ghost = make_norm(GhostBatchNormConfig(virtual_batch=4), 8).train()
+    ghost = norm_layer(GhostBatchNormConfig(virtual_batch=4))(8).train()
     x = torch.randn(8, 8, 4, 4, requires_grad=True)
 
     def no_host_tensors(*args: object, **kwargs: object) -> torch.Tensor:
@@ -249,7 +248,7 @@ def test_ghost_bn_virtual_batch_must_divide_batch_size() -> None:
 
 
 def _renorm(**kwargs: object) -> BatchRenorm2d:
-    layer = make_norm(BatchRenormConfig(**kwargs), 16)  # type: ignore[arg-type]
+    layer = norm_layer(BatchRenormConfig(**kwargs))(16)  # type: ignore[arg-type]
     assert isinstance(layer, BatchRenorm2d)
     return _randomise_affine(layer)
 
@@ -322,7 +321,7 @@ def test_batch_renorm_value_checks() -> None:
 
 
 def test_in_is_group_norm_with_one_group_per_channel() -> None:
-    layer = make_norm(InstanceNormConfig(), 32)
+    layer = norm_layer(InstanceNormConfig())(32)
     assert type(layer) is nn.GroupNorm
     assert (layer.num_groups, layer.num_channels, layer.affine) == (32, 32, True)
     x = torch.randn(4, 32, 6, 6)
@@ -360,11 +359,11 @@ def test_bn_variants_have_bn_parameter_count() -> None:
 def test_affine_and_running_stats_switches() -> None:
     cfg = load_config(["norm=bn_noisy", "norm.affine=false", "norm.track_running_stats=false"])
     validate(cfg)
-    layer = make_norm(cfg.norm, 16)
+    layer = norm_layer(cfg.norm)(16)
     assert layer.weight is None and layer.running_mean is None
     for kind in ("ghost_bn", "batch_renorm", "in"):
         cfg = load_config([f"norm={kind}", "norm.affine=false"])
-        assert not list(make_norm(cfg.norm, 16).parameters())
+        assert not list(norm_layer(cfg.norm)(16).parameters())
 
 
 # ----------------------------------------------------------------------------- fixup, skipinit
@@ -507,7 +506,7 @@ def test_good_residual_inits_validate() -> None:
 
 def test_block_rejects_scalars_without_residual() -> None:
     with pytest.raises(ValueError, match="residual"):
-        BasicBlock(16, 16, 1, NoNormConfig(), residual=False, branch_scalars="fixup")
+        BasicBlock(16, 16, 1, nn.Identity, conv_bias=True, residual=False, branch_scalars="fixup")
 
 
 # ----------------------------------------------------------------------------- only_bn

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from bnlab.build import build_model
 from bnlab.compose import load_config
-from bnlab.models import build_model
 from bnlab.recipe import train
 from bnlab.store import run_id
 from bnlab.train.loop import SilentReporter

@@ -5,6 +5,11 @@ Its plain twin (``residual=False``) is the same block without the addition.
 ``PadShortcut`` is the paper's option A: parameter free, so the residual and
 plain networks have exactly the same parameters.
 
+The block's norms come from ``norm_layer`` (channels -> layer, e.g.
+``nn.BatchNorm2d``) and its convs get a bias when ``conv_bias`` says so: plain
+values, as in timm and torchvision, so the block knows nothing of the config
+(``bnlab.build`` maps a norm kind to both).
+
 ``branch_scalars`` adds the scalar parameters of the normalisation-free
 residual inits (only created when asked for, so other nets are unchanged):
 
@@ -27,18 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnlab.config import NormConfig
-from bnlab.models.norms import conv_needs_bias, make_norm
+from bnlab.models.norms import NormLayer
 
 
-def conv_bias(norm: NormConfig, branch_scalars: str | None) -> bool:
+def convs_have_bias(conv_bias: bool, branch_scalars: str | None) -> bool:
     """Whether the network's convs get a per-channel bias.
 
-    Only when nothing after the conv shifts its output (the norm kind says), and
-    not with Fixup, whose scalar biases take their place (its reference code
-    builds every conv with bias=False).
+    Only when nothing after the conv shifts its output (``conv_bias``: the norm
+    kind's rule), and not with Fixup, whose scalar biases take their place (its
+    reference code builds every conv with bias=False).
     """
-    return conv_needs_bias(norm) and branch_scalars != "fixup"
+    return conv_bias and branch_scalars != "fixup"
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int, bias: bool) -> nn.Conv2d:
@@ -82,7 +86,8 @@ class BasicBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         stride: int,
-        norm: NormConfig,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        conv_bias: bool = False,
         residual: bool = True,
         branch_scalars: str | None = None,
     ) -> None:
@@ -90,12 +95,12 @@ class BasicBlock(nn.Module):
         if branch_scalars is not None and not residual:
             raise ValueError(f"branch_scalars={branch_scalars!r} needs a residual block")
         self.branch_scalars = branch_scalars
-        bias = conv_bias(norm, branch_scalars)
+        bias = convs_have_bias(conv_bias, branch_scalars)
         self.conv1 = conv3x3(in_channels, out_channels, stride, bias)
-        self.norm1 = make_norm(norm, out_channels)
+        self.norm1 = norm_layer(out_channels)
         self.relu1 = nn.ReLU()
         self.conv2 = conv3x3(out_channels, out_channels, 1, bias)
-        self.norm2 = make_norm(norm, out_channels)
+        self.norm2 = norm_layer(out_channels)
         # Separate ReLU modules (not one shared, not in-place) so a forward
         # hook on each sees exactly one activation.
         self.relu2 = nn.ReLU()

@@ -1,14 +1,15 @@
-"""The normalisation layers that torch does not have, and the helpers that use the
-norm registry (``bnlab.norm_kinds``: one entry per kind, with its schema, builder,
-conv bias and checks).
+"""The normalisation layers that torch does not have, and the plain helpers around them.
 
 * ``ActivationNoise`` / ``NoisyBatchNorm2d`` -- BN (or nothing) followed, in
   training only, by the shifting noise of Santurkar et al. 2018, sec. 2.1.
 * ``GhostBatchNorm2d`` -- Hoffer et al. 2017: batch statistics over sub-batches.
 * ``BatchRenorm2d`` -- Ioffe 2017.
+* ``group_norm`` -- GN, and LN (1 group) and IN (one per channel) as its special cases.
+* ``weight_norm`` / ``wrap_layers`` -- a reparametrisation applied to built layers.
 
-GN, LN and IN are ``nn.GroupNorm`` with C/8, 1 and C groups; weight norm is
-torch's ``parametrizations.weight_norm`` (see the registry).
+Models take a ``norm_layer`` (``NormLayer``: channels -> layer) and know nothing of
+the config: which layer a norm kind builds, with which settings, is the factory
+table in ``bnlab.build``; the kind's schema and checks are in ``bnlab.norm_kinds``.
 
 The BN variants subclass ``nn.BatchNorm2d`` and keep its parameter and buffer
 names, so in eval mode (running statistics) they *are* BatchNorm: state dicts,
@@ -18,13 +19,17 @@ conv+BN folding and ``isinstance`` checks treat them as BN.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrizations
 
-from bnlab.norm_kinds import NormConfig, norm_kind
+# What a model takes to make its norm layers: channels -> layer. A class (nn.BatchNorm2d,
+# nn.Identity) or a functools.partial of one with the settings bound.
+NormLayer = Callable[[int], nn.Module]
 
 # ----------------------------------------------------------------------------- noise
 
@@ -320,28 +325,43 @@ def _c(v: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, 1, 1)
 
 
+# ----------------------------------------------------------------------------- GN, weight norm
+
 # The layer types ``initialize`` resets to weight 1, bias 0, and whose affine
 # parameters ``train.only_bn`` trains. The BN variants subclass BatchNorm2d.
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.GroupNorm)
 
 
-def make_norm(cfg: NormConfig, channels: int) -> nn.Module:
-    """The normalisation layer ``cfg.kind`` for ``channels`` feature maps."""
-    return norm_kind(cfg.kind).build(cfg, channels)
+def group_norm(channels: int, groups: int | None, eps: float, affine: bool) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups (None: one per channel).
+
+    GN, and LN (1 group) and IN (C groups) as its special cases -- LN/IN in the
+    sense of the BN/GN literature (Wu & He 2018): one code path, a per-channel
+    affine, no spatial size needed at build time.
+    """
+    g = channels if groups is None else groups
+    if g < 1 or channels % g != 0:
+        raise ValueError(
+            f"groups={g} does not divide {channels} channels; "
+            "GroupNorm needs a group count that divides every layer's width"
+        )
+    return nn.GroupNorm(g, channels, eps=eps, affine=affine)
 
 
-def conv_needs_bias(cfg: NormConfig) -> bool:
-    """True only when the norm does not follow the conv with its own shift."""
-    return norm_kind(cfg.kind).conv_bias
+def weight_norm(layer: nn.Module) -> nn.Module:
+    """Weight normalisation (Salimans & Kingma 2016): weight = g * v / ||v||, in place.
+
+    dim=0: one g per output channel (conv) or output unit (linear). Applied to an
+    initialised layer it sets g = ||w||, so the layer computes the same function.
+    """
+    return parametrizations.weight_norm(layer, name="weight", dim=0)
 
 
-def wrap_layers(cfg: NormConfig, net: nn.Module) -> nn.Module:
-    """Apply the kind's reparametrisation (if any) to every Conv2d/Linear of ``net``, in place."""
-    wrap = norm_kind(cfg.kind).wrap_layer
-    if wrap is not None:
-        for module in list(net.modules()):
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                wrap(module)
+def wrap_layers(net: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Apply ``wrap`` to every Conv2d/Linear of ``net``, in place (in module order)."""
+    for module in list(net.modules()):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            wrap(module)
     return net
 
 

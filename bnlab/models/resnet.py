@@ -43,19 +43,23 @@ equal those of the reference's ``fixup_resnet20`` ... ``fixup_resnet110``:
 Names are stable for probes and conv+norm folding: the stem is ``conv1``,
 ``norm1``, ``relu1``; every block has ``conv1``, ``norm1``, ``relu1``,
 ``conv2``, ``norm2``, ``relu2`` and ``shortcut``.
+
+``cifar_resnet`` builds and initialises one from plain values (a ``norm_layer``
+factory, the conv-bias rule, depth, width, init, ...); the config never reaches
+this package: ``bnlab.build.build_model`` turns a config into those values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
 from torch import nn
 
-from bnlab.config import RESIDUAL_INITS, ModelConfig, NormConfig
-from bnlab.models.blocks import BasicBlock, conv3x3, conv_bias
-from bnlab.models.init import initialize
-from bnlab.models.norms import make_norm, wrap_layers
+from bnlab.models.blocks import BasicBlock, conv3x3, convs_have_bias
+from bnlab.models.init import RESIDUAL_SCHEMES, initialize
+from bnlab.models.norms import NormLayer, wrap_layers
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -71,7 +75,8 @@ class CifarResNet(nn.Module):
     def __init__(
         self,
         depth: int,
-        norm: NormConfig,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        conv_bias: bool = False,
         width: int = 16,
         residual: bool = True,
         num_classes: int = 10,
@@ -85,13 +90,19 @@ class CifarResNet(nn.Module):
         self.depth = depth
         self.residual = residual
 
-        self.conv1 = conv3x3(in_channels, width, 1, conv_bias(norm, branch_scalars))
-        self.norm1 = make_norm(norm, width)
+        self.conv1 = conv3x3(in_channels, width, 1, convs_have_bias(conv_bias, branch_scalars))
+        self.norm1 = norm_layer(width)
         self.relu1 = nn.ReLU()
-        stage = partial(self._stage, norm=norm, residual=residual, branch_scalars=branch_scalars)
-        self.layer1 = stage(width, width, n, 1)
-        self.layer2 = stage(width, 2 * width, n, 2)
-        self.layer3 = stage(2 * width, 4 * width, n, 2)
+        block = partial(
+            BasicBlock,
+            norm_layer=norm_layer,
+            conv_bias=conv_bias,
+            residual=residual,
+            branch_scalars=branch_scalars,
+        )
+        self.layer1 = _stage(block, width, width, n, 1)
+        self.layer2 = _stage(block, width, 2 * width, n, 2)
+        self.layer3 = _stage(block, 2 * width, 4 * width, n, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
         # Fixup's scalar biases outside the blocks: before the stem's ReLU and before the head.
@@ -99,22 +110,6 @@ class CifarResNet(nn.Module):
         if self.fixup:
             self.stem_bias = nn.Parameter(torch.zeros(1))
             self.head_bias = nn.Parameter(torch.zeros(1))
-
-    @staticmethod
-    def _stage(
-        in_channels: int,
-        out_channels: int,
-        n: int,
-        stride: int,
-        norm: NormConfig,
-        residual: bool,
-        branch_scalars: str | None,
-    ) -> nn.Sequential:
-        # Only the first block changes the shape; the rest keep it.
-        block = partial(BasicBlock, norm=norm, residual=residual, branch_scalars=branch_scalars)
-        blocks = [block(in_channels, out_channels, stride)]
-        blocks += [block(out_channels, out_channels, 1) for _ in range(n - 1)]
-        return nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.norm1(self.conv1(x))
@@ -127,31 +122,52 @@ class CifarResNet(nn.Module):
         return self.fc(features)
 
 
-def build_model(
-    model: ModelConfig,
-    norm: NormConfig,
+def _stage(
+    block: Callable[[int, int, int], BasicBlock],
+    in_channels: int,
+    out_channels: int,
+    n: int,
+    stride: int,
+) -> nn.Sequential:
+    # Only the first block changes the shape; the rest keep it.
+    blocks = [block(in_channels, out_channels, stride)]
+    blocks += [block(out_channels, out_channels, 1) for _ in range(n - 1)]
+    return nn.Sequential(*blocks)
+
+
+def cifar_resnet(
+    depth: int,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+    conv_bias: bool = False,
+    width: int = 16,
+    residual: bool = True,
     num_classes: int = 10,
     in_channels: int = 3,
-) -> nn.Module:
-    """The network ``model`` describes, initialised with ``model.init`` x ``model.init_scale``.
+    init: str = "kaiming",
+    init_scale: float = 1.0,
+    wrap_layer: Callable[[nn.Module], nn.Module] | None = None,
+) -> CifarResNet:
+    """A ``CifarResNet`` initialised with ``init`` x ``init_scale``.
 
     Initialisation draws from torch's global RNG, so seed before calling. The
-    norm kind's layer reparametrisation (``weight_norm``) comes after the
-    initialisation, so it starts from the same function.
+    residual inits (fixup, skipinit) build their branch scalars into the blocks.
+    ``wrap_layer`` (a reparametrisation such as ``weight_norm``) is applied to
+    every conv/linear *after* the initialisation, so it starts from the same function.
     """
-    if model.arch != "resnet":
-        raise ValueError(f"unknown model.arch {model.arch!r}; known: resnet")
     net = CifarResNet(
-        depth=model.depth,
-        norm=norm,
-        width=model.width,
-        residual=model.residual,
+        depth=depth,
+        norm_layer=norm_layer,
+        conv_bias=conv_bias,
+        width=width,
+        residual=residual,
         num_classes=num_classes,
         in_channels=in_channels,
-        branch_scalars=model.init if model.init in RESIDUAL_INITS else None,
+        branch_scalars=init if init in RESIDUAL_SCHEMES else None,
     )
-    initialize(net, model.init, model.init_scale)
-    return wrap_layers(norm, net)
+    initialize(net, init, init_scale)
+    if wrap_layer is not None:
+        wrap_layers(net, wrap_layer)
+    return net
 
 
 def count_params(module: nn.Module) -> int:
