@@ -6,6 +6,9 @@ input ends as one line on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import signal
 import sys
 import time
@@ -47,6 +50,50 @@ def _terminate_as_interrupt() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+class _LateTerm:
+    """A SIGTERM that reaches a sweep after its launches (see _note_late_term)."""
+
+    enabled = False  # main() registered _exit_if_terminated_late (not in-process callers)
+    received = False
+    hint_shown = False  # the sweep already said RESUME_HINT
+    exiting = False  # the at-exit check has run
+
+
+def _note_late_term() -> None:
+    """From now on SIGTERM is noted, and the process ends with the resume hint and 130.
+
+    The launches are over: what runs now is the table and Python's shutdown (joblib
+    stopping its workers). A KeyboardInterrupt raised there lands in shutdown code,
+    which prints it as a 14-line 'Exception ignored' traceback and exits 0.
+    """
+    if not _LateTerm.enabled:
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        _LateTerm.received = True
+        if _LateTerm.exiting:
+            _exit_interrupted()
+
+    signal.signal(signal.SIGTERM, note)
+
+
+def _exit_if_terminated_late() -> None:
+    """At exit, after every other at-exit function (main() registers it first): a late
+    SIGTERM sets the exit code now that shutdown has done its work (workers stopped)."""
+    _LateTerm.exiting = True
+    if _LateTerm.received:
+        _exit_interrupted()
+
+
+def _exit_interrupted() -> None:
+    if not _LateTerm.hint_shown:
+        print(f"bnlab: error: {RESUME_HINT}", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe must not stop the exit
+            stream.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -126,10 +173,18 @@ def train(
     from bnlab.progress import ConsoleReporter
     from bnlab.recipe import RunFailed
     from bnlab.recipe import train as train_run
+    from bnlab.store import StoreWriteError
 
+    # `kill PID` (SIGTERM) ends a run as Ctrl-C does: checkpoint kept, exit 130, the hint.
+    _terminate_as_interrupt()
     try:
         reporter = ConsoleReporter()
         outcome = train_run(cfg, reporter)
+    except StoreWriteError as e:  # e.g. the run folder turned read-only mid-run
+        raise _fail(
+            f"{e} (files already written are kept: once it is writable, "
+            "run the same command again to resume)"
+        ) from None
     except BnlabError as e:
         raise _fail(str(e)) from None
     except RunFailed as e:
@@ -192,35 +247,44 @@ def sweep(
         raise _fail(str(e)) from None
     if not any(s.jobs for s in sweeps):
         raise _fail("the sweep has no runs")
+
+    from bnlab.sweep.launch import launch, preflight
+    from bnlab.sweep.table import Row, render, rows_for
+
+    if not dry_run:
+        try:  # what every run would hit (no CUDA, a broken dataset): once, before any launch
+            preflight(sweeps)
+        except BnlabError as e:
+            raise _fail(str(e)) from None
     _terminate_as_interrupt()
-
-    from bnlab.sweep.launch import launch
-    from bnlab.sweep.table import render, rows_for
-
     # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    all_rows = []
+    all_rows: list[Row] = []
     started = time.perf_counter()
-    for s in sweeps:
-        title = f"{s.experiment or 'sweep'}: {len(s.jobs)} runs, launcher {s.launcher}"
-        if not dry_run:
-            runs = Path(s.jobs[0].cfg.paths.runs)
-            try:
-                launch(s, runs)
-            except BnlabError as e:  # e.g. a SLURM request the cluster refuses
-                raise _fail(str(e)) from None
-            except KeyboardInterrupt:
-                raise _fail(RESUME_HINT, EXIT_INTERRUPTED) from None
-        rows = rows_for(s)
-        all_rows += rows
-        render(title, s, rows, console)
-        if dry_run and "slurm" in s.launcher:
-            from bnlab.sweep.launch import sweep_dir
-            from bnlab.sweep.slurm import sbatch_script
+    try:
+        for s in sweeps:
+            title = f"{s.experiment or 'sweep'}: {len(s.jobs)} runs, launcher {s.launcher}"
+            outcomes = None
+            if not dry_run:
+                try:
+                    outcomes = launch(s, Path(s.jobs[0].cfg.paths.runs))
+                except BnlabError as e:  # e.g. a SLURM request the cluster refuses
+                    raise _fail(str(e)) from None
+            rows = rows_for(s, outcomes)
+            all_rows += rows
+            render(title, s, rows, console)
+            if dry_run and "slurm" in s.launcher:
+                from bnlab.sweep.launch import sweep_dir
+                from bnlab.sweep.slurm import sbatch_script
 
-            folder = sweep_dir(Path(s.jobs[0].cfg.paths.runs), s)
-            console.print(f"sbatch script for each job (array of {len(s.jobs)}):")
-            typer.echo(sbatch_script(s.launcher_params, folder, "bnlab"))
+                folder = sweep_dir(Path(s.jobs[0].cfg.paths.runs), s)
+                console.print(f"sbatch script for each job (array of {len(s.jobs)}):")
+                typer.echo(sbatch_script(s.launcher_params, folder, "bnlab"))
+    except KeyboardInterrupt:
+        _LateTerm.hint_shown = True
+        raise _fail(RESUME_HINT, EXIT_INTERRUPTED) from None
+    finally:
+        _note_late_term()
     counts: dict[str, int] = {}
     for row in all_rows:
         counts[row.status] = counts.get(row.status, 0) + 1
@@ -282,19 +346,35 @@ def export(
     fold_bn: Annotated[
         bool, typer.Option("--fold-bn", help="Fold each conv+BN pair into one conv")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Export a diverged, failed or unfinished run too (with a warning; "
+            "its outputs may all be NaN)",
+        ),
+    ] = False,
 ) -> None:
-    """Export a trained run as TorchScript for inference (eval mode)."""
+    """Export a trained run as TorchScript for inference (eval mode).
+
+    Only a completed run with finite weights exports unless --force is given.
+    """
     from bnlab.export import export_run
 
     target = out or run / ("model-folded.ts" if fold_bn else "model.ts")
     try:
-        path = export_run(run, target, fold=fold_bn)
+        path = export_run(run, target, fold=fold_bn, force=force)
     except BnlabError as e:
         raise _fail(str(e)) from None
     typer.echo(f"exported {run} -> {path}")
 
 
 def main() -> None:
+    # Registered before anything else can register one, so it runs last (at-exit
+    # functions run in reverse order); only the real process gets it, not in-process
+    # callers (tests) whose signal handling it would take over.
+    atexit.register(_exit_if_terminated_late)
+    _LateTerm.enabled = True
     app()
 
 

@@ -62,8 +62,8 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------- norms
-# One entry per norm kind (schema, layer, checks) in bnlab.norm_kinds; the schemas are
-# re-exported here because they are part of the config.
+# One entry per norm kind (schema, conv-bias rule, checks) in bnlab.norm_kinds, its layer
+# factory in bnlab.build; each schema is registered as an option of the norm group.
 
 NORM_SCHEMAS: dict[str, type[NormConfig]] = {k: v.schema for k, v in NORM_KINDS.items()}
 
@@ -214,6 +214,14 @@ SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("offline", "online", "disabled")
+# The largest lr any parameter may see (optim.lr times the schedule's largest factor and
+# Fixup's scalar multiplier). The grids stop at 3 and every net here diverges in its
+# first steps far below 1000, so a larger lr measures nothing new; far larger ones
+# (above float32's 3.4e38) do not even diverge but crash the optimizer step.
+LR_MAX = 1e3
+WEIGHT_DECAY_MAX = 1e3  # the same limit for the decay term (torch scales it in float32 too)
+EPOCHS_MAX = 10**6  # ~2,000 x He et al.'s 164 epochs: anything more is a typo
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes at most 2**64 - 1; a signed 64-bit int is portable
 
 
 def _check(ok: bool, message: str) -> None:
@@ -234,6 +242,32 @@ def _positive(key: str, value: float | int | None, *, allow_none: bool = False) 
     )
 
 
+def _in_range(key: str, value: Any, low: float, high: float) -> None:
+    """A finite number in [low, high]; the message names the key and the range."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    _check(
+        number and math.isfinite(value) and low <= value <= high,
+        f"{key}={value} must be a number in [{low:g}, {high:g}]",
+    )
+
+
+def _seed(key: str, value: Any) -> None:
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX,
+        f"{key}={value} must be an integer in [0, 2**63-1]",
+    )
+
+
+def _largest_lr(o: Any, init: str) -> float:
+    """The largest lr any parameter sees: lr x the schedule's peak x Fixup's multiplier."""
+    try:
+        peak = max(1.0, o.gamma) ** len(o.milestones) if o.schedule == "multistep" else 1.0
+    except OverflowError:  # float ** int raises rather than giving inf
+        return math.inf
+    scalar = max(1.0, o.fixup_scalar_lr) if init == "fixup" else 1.0
+    return o.lr * peak * scalar
+
+
 def validate(cfg: Any) -> None:
     """Raise BnlabError naming the first impossible value in a composed config."""
     d, m, n, o, t = cfg.data, cfg.model, cfg.norm, cfg.optim, cfg.train
@@ -244,6 +278,7 @@ def validate(cfg: Any) -> None:
     _positive("data.train_size", d.train_size, allow_none=True)
     _positive("data.test_size", d.test_size, allow_none=True)
     _positive("data.curve_test_size", d.curve_test_size, allow_none=True)
+    _seed("data.subset_seed", d.subset_seed)
     if d.curve_test_size is not None and d.test_size is not None:
         _check(
             d.curve_test_size <= d.test_size,
@@ -285,8 +320,9 @@ def validate(cfg: Any) -> None:
 
     _check(o.name == "sgd", f"optim.name={o.name!r} is not one of: sgd")
     _positive("optim.lr", o.lr)
+    _check(o.lr <= LR_MAX, f"optim.lr={o.lr} must be a number in (0, {LR_MAX:g}]")
     _check(0.0 <= o.momentum < 1.0, f"optim.momentum={o.momentum} must be in [0, 1)")
-    _check(o.weight_decay >= 0.0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    _in_range("optim.weight_decay", o.weight_decay, 0.0, WEIGHT_DECAY_MAX)
     _one_of("optim.schedule", o.schedule, SCHEDULES)
     _check(
         all(0.0 < x < 1.0 for x in o.milestones) and list(o.milestones) == sorted(o.milestones),
@@ -294,11 +330,17 @@ def validate(cfg: Any) -> None:
     )
     _positive("optim.gamma", o.gamma)
     _positive("optim.fixup_scalar_lr", o.fixup_scalar_lr)
-    _check(o.warmup_epochs >= 0.0, f"optim.warmup_epochs={o.warmup_epochs} must be >= 0")
+    _check(
+        _largest_lr(o, m.init) <= LR_MAX,
+        f"optim.lr={o.lr} with optim.gamma={o.gamma} and optim.fixup_scalar_lr="
+        f"{o.fixup_scalar_lr} reaches an lr of {_largest_lr(o, m.init):g}: at most {LR_MAX:g}",
+    )
+    _in_range("optim.warmup_epochs", o.warmup_epochs, 0.0, EPOCHS_MAX)
     _check(0.0 < o.peak_at < 1.0, f"optim.peak_at={o.peak_at} must be in (0, 1)")
     _check(not (o.nesterov and o.momentum == 0), "optim.nesterov=true needs optim.momentum > 0")
 
-    _check(t.epochs >= 1, f"train.epochs={t.epochs} must be at least 1")
+    _check(1 <= t.epochs <= EPOCHS_MAX, f"train.epochs={t.epochs} must be in [1, {EPOCHS_MAX}]")
+    _seed("train.seed", t.seed)
     _one_of("train.device", t.device, DEVICES)
     _one_of("train.precision", t.precision, PRECISIONS)
     _check(

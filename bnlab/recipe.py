@@ -127,7 +127,9 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
             except (KeyboardInterrupt, SystemExit):
                 raise  # interrupted: the checkpoint stays, rerunning resumes
             except BnlabError:
-                raise  # bad input found late (e.g. a checkpoint that would run code): exit 2
+                # Bad input found late (e.g. a checkpoint that would run code) or a write
+                # the folder refused (StoreWriteError): exit 2, the files written so far kept.
+                raise
             except Exception as err:
                 summary |= {
                     "status": "failed",

@@ -13,7 +13,9 @@ with another output folder, logger, device or thread count is the same run:
 re-running a command finds it and either reports it done or resumes it.
 
 Every file is written to a temporary name and renamed into place, so a run
-killed at any moment leaves either the old or the new version, never half.
+killed at any moment leaves either the old or the new version, never half. A
+write the filesystem refuses (a folder turned read-only, a full disk) raises
+StoreWriteError, a BnlabError whose one-line message names the file.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.errors import BnlabError, warn
+from bnlab.errors import BnlabError, first_line, warn
 
 # Keys that say how or where a run is executed or logged, not what is measured.
 NON_SCIENCE_KEYS = (
@@ -144,8 +146,31 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+class StoreWriteError(BnlabError):
+    """A file bnlab writes could not be written (read-only folder, full disk, ...).
+
+    The message is one line naming the file and the reason. Writes are atomic, so
+    what the file held before the failed write is still there, whole.
+    """
+
+
+def _write_error(path: Path, err: OSError) -> StoreWriteError:
+    return StoreWriteError(f"cannot write {path}: {err.strerror or first_line(err)}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+
+    Raises StoreWriteError (a BnlabError: one line naming `path`) when the folder
+    or disk refuses the write; interrupts (KeyboardInterrupt) pass through as they are.
+    """
+    try:
+        _write_then_rename(path, data)
+    except OSError as err:
+        raise _write_error(path, err) from err
+
+
+def _write_then_rename(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes the file owner-only; a runs folder shared with a cluster group
@@ -236,6 +261,29 @@ class RunBusy(Exception):
     """Another process holds this run's lock (e.g. an overlapping sweep)."""
 
 
+class UnreadableConfig(Exception):
+    """A run folder's config.yaml is missing, does not parse or is not a mapping."""
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A run's config.yaml as a plain (unresolved) mapping; UnreadableConfig says why not.
+
+    The one definition of a readable config, shared by the store (a run without one is
+    not finished: training it again rebuilds it) and the report (it skips such a run).
+    """
+    try:
+        if not path.is_file():
+            raise UnreadableConfig("no config.yaml (not a run, or it never started)")
+        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except UnreadableConfig:
+        raise
+    except Exception as err:  # OSError, YAML and OmegaConf errors: all mean unreadable
+        raise UnreadableConfig(f"unreadable config.yaml ({first_line(err)})") from None
+    if not isinstance(tree, dict):
+        raise UnreadableConfig("config.yaml is not a mapping")
+    return tree
+
+
 class _InRun:
     """A file of a run folder, by name: `RunDir(p).summary_file == p / "summary.json"`."""
 
@@ -257,10 +305,20 @@ class RunDir:
     previous_checkpoint_file = _InRun("checkpoint.prev.pt")
 
     def summary(self) -> dict[str, Any] | None:
+        """summary.json as a mapping; None when missing, unreadable or not a mapping."""
         try:
-            return json.loads(self.summary_file.read_text())
+            summary = json.loads(self.summary_file.read_text())
         except (OSError, ValueError):
             return None
+        return summary if isinstance(summary, dict) else None
+
+    def has_config(self) -> bool:
+        """Whether config.yaml reads as a mapping (read_config_file)."""
+        try:
+            read_config_file(self.config_file)
+        except UnreadableConfig:
+            return False
+        return True
 
     def epochs_done(self) -> int:
         """Rows in metrics.csv: how far an unfinished run got."""
@@ -271,21 +329,35 @@ class RunDir:
             return 0
 
     def state(self) -> str:
-        """completed | diverged | failed | partial | new -- for listings (dry runs, tables)."""
+        """completed | diverged | failed | partial | new -- for listings (dry runs, tables).
+
+        A summary without a readable config.yaml does not count (see is_finished).
+        """
         summary = self.summary()
-        if summary is not None:
+        if summary is not None and self.has_config():
             return str(summary.get("status", "failed"))
         return "partial" if self.epochs_done() > 0 else "new"
 
     def is_finished(self) -> bool:
+        """Finished (completed or diverged) by its summary.json, with a readable config.yaml.
+
+        Without its config a run's result cannot be placed on any grid (the report skips
+        it), so it is not finished either: training it again resumes from its checkpoint
+        (or starts over) and writes config.yaml and summary.json anew.
+        """
         s = self.summary()
-        return s is not None and s.get("status") in FINISHED
+        return s is not None and s.get("status") in FINISHED and self.has_config()
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive, non-blocking: two processes never train the same run at once."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a+") as f:
+        lock_file = self.path / ".lock"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            f = open(lock_file, "a+")  # noqa: SIM115 (closed below; the open is what can fail)
+        except OSError as err:
+            raise _write_error(lock_file, err) from err
+        with f:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -306,8 +378,12 @@ class RunDir:
         atomic_write_text(self.summary_file, text)
 
     def clear_summary(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.summary_file.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:  # e.g. the folder turned read-only
+            raise _write_error(self.summary_file, err) from err
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write `state` as checkpoint.pt, keeping the one it replaces as checkpoint.prev.pt.
@@ -398,9 +474,13 @@ def _keep_as(src: Path, dst: Path) -> None:
         os.link(src, tmp)
         os.replace(tmp, dst)
     except OSError:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # best effort: the copy below is what matters
             tmp.unlink()
-        atomic_write_bytes(dst, src.read_bytes())
+        try:
+            data = src.read_bytes()
+        except OSError as err:
+            raise _write_error(dst, err) from err
+        atomic_write_bytes(dst, data)
 
 
 _PLAIN = (str, int, float, bool, type(None), bytes)

@@ -2,23 +2,34 @@
 
 Only what the store wrote is read (config.yaml, metrics.csv, summary.json), so
 this works on a runs folder copied from another machine: no conf/, no absolute
-paths, no torch. A folder whose files cannot be read is skipped and named in a
-warning; the caller decides how to show warnings (library code never prints).
+paths, no torch. A folder whose files cannot be read -- or hold a value the store
+never writes (an accuracy outside [0, 1], text where a number goes, a row cut
+short) -- is skipped and named in a warning; the caller decides how to show
+warnings (library code never prints).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
 
 from bnlab.errors import BnlabError, first_line
-from bnlab.store import IDENTITY_NEUTRAL, METRIC_COLUMNS, PROBE_COLUMNS, PROBES_FILE
+from bnlab.store import (
+    IDENTITY_NEUTRAL,
+    METRIC_COLUMNS,
+    PROBE_COLUMNS,
+    PROBES_FILE,
+    UnreadableConfig,
+    read_config_file,
+)
 
 # A metrics.csv without these cannot be a bnlab one; the timing columns are optional.
 REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -56,6 +67,19 @@ SUMMARY_NUMERIC = (
     "train_images",
     "test_images",
 )
+# What the store writes into each numeric field. A value outside its range (or not a
+# number) was not written by bnlab: the run is skipped, as when its file does not parse.
+# null/NaN stays allowed (a diverged run's losses; an accuracy of a run with no epoch).
+UNIT = (0.0, 1.0)
+NON_NEGATIVE = (0.0, math.inf)
+SUMMARY_RANGES = {k: UNIT if k.endswith("_acc") else NON_NEGATIVE for k in SUMMARY_NUMERIC}
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "epoch": (1.0, math.inf),
+    "train_acc": UNIT,
+    "test_acc": UNIT,
+    **{k: NON_NEGATIVE for k in METRIC_COLUMNS if k not in ("epoch", "train_acc", "test_acc")},
+}
+METRICS_NEVER_BLANK = ("epoch", "train_acc", "test_acc")  # only losses are NaN (diverged)
 PROBE_TABLE = ["run_id", *PROBE_COLUMNS]
 # Folder names end in the run's 12-hex identity: <arch><depth>[plain]-<norm>-<id>.
 RUN_ID = re.compile(r"-([0-9a-f]{12})$")
@@ -91,7 +115,7 @@ def load_runs(root: Path) -> RunTables:
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             row, metrics = read_run(folder)
-        except CorruptRun as err:
+        except CorruptRun as err:  # includes a folder it may not read (chmod 000)
             skipped.append((folder.name, str(err)))
             warnings.append(f"skipped run folder {folder.name}: {err}")
             continue
@@ -127,7 +151,24 @@ def load_runs(root: Path) -> RunTables:
 
 
 def read_run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
-    """One run's row and its metrics (None when it has no metrics.csv yet)."""
+    """One run's row and its metrics (None when it has no metrics.csv yet).
+
+    Raises CorruptRun, one line, for anything that keeps the folder from counting,
+    including an OSError such as a folder without read permission.
+    """
+    try:
+        return _read_run(folder)
+    except OSError as err:
+        raise CorruptRun(f"cannot read it ({err.strerror or first_line(err)})") from None
+
+
+def _read_run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    if not (folder / "config.yaml").exists() and (folder / "summary.json").exists():
+        # The store agrees (RunDir.is_finished): without its config the run is not done.
+        raise CorruptRun(
+            "no config.yaml beside its summary.json (deleted?): not counted; training "
+            "it again (its sweep) rewrites it"
+        )
     row = read_config(folder / "config.yaml")
     summary = read_summary(folder / "summary.json")
     metrics = read_metrics(folder / "metrics.csv")
@@ -153,14 +194,10 @@ def read_run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CorruptRun("no config.yaml (not a run, or it never started)")
     try:
-        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as err:  # YAML and OmegaConf raise many types; all mean unreadable
-        raise CorruptRun(f"unreadable config.yaml ({first_line(err)})") from None
-    if not isinstance(tree, dict):
-        raise CorruptRun("config.yaml is not a mapping")
+        tree = read_config_file(path)  # the store's definition of a readable config
+    except UnreadableConfig as err:
+        raise CorruptRun(str(err)) from None
     flat = flatten(tree)
     missing = [k for k in REQUIRED_CONFIG if flat.get(k) is None]
     if missing:
@@ -179,32 +216,95 @@ def read_summary(path: Path) -> dict[str, Any] | None:
         raise CorruptRun(f"unreadable summary.json ({first_line(err)})") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
         raise CorruptRun("summary.json has no status")
+    for key, value in flatten(summary).items():
+        bounds = _summary_range(key)
+        if bounds is not None:
+            _check_number(f"summary.json {key}", value, bounds)
     return summary
+
+
+def _summary_range(key: str) -> tuple[float, float] | None:
+    """The range of a (flattened) summary field; None for text and lists."""
+    if key in SUMMARY_RANGES:
+        return SUMMARY_RANGES[key]
+    # The probes' accuracies: bn_eval.batch_stats_acc.2, bn_modes.precise_acc, ...
+    if any(part.endswith("_acc") for part in key.split(".")):
+        return UNIT
+    return None
+
+
+def _check_number(where: str, value: Any, bounds: tuple[float, float]) -> None:
+    """A JSON number in `bounds`, NaN or null; else CorruptRun naming the field."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CorruptRun(f"{where}={value!r} is not a number")
+    low, high = bounds
+    if not math.isnan(value) and not low <= value <= high:
+        raise CorruptRun(f"{where}={value!r} is outside [{low:g}, {high:g}]")
 
 
 def read_metrics(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
+        text = path.read_text()
+        _check_rows_whole(text)
         # dtype=float: any non-numeric cell is corruption; "nan", "inf" and "" are numbers
         # (a diverged run's losses), so they parse.
-        metrics = pd.read_csv(path, dtype=float)
+        metrics = pd.read_csv(io.StringIO(text), dtype=float)
     except (OSError, ValueError) as err:  # ParserError, EmptyDataError, UnicodeDecodeError
         raise CorruptRun(f"unreadable metrics.csv ({first_line(err)})") from None
     missing = [c for c in REQUIRED_METRICS if c not in metrics.columns]
     if missing:
         raise CorruptRun(f"metrics.csv lacks column(s) {', '.join(missing)}")
     metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
+    _check_metric_values(metrics)
     metrics["epoch"] = metrics["epoch"].astype(int)
     return metrics
 
 
+def _check_rows_whole(text: str) -> None:
+    """Every row as wide as the header, the last one ended: the store writes whole rows.
+
+    A row cut short (a copy or a disk that stopped mid-file) would otherwise parse, its
+    missing cells as blanks.
+    """
+    if text and not text.endswith("\n"):
+        raise CorruptRun("metrics.csv ends mid-row (cut short)")
+    rows = [r for r in csv.reader(io.StringIO(text)) if r]
+    for i, r in enumerate(rows[1:], start=1):
+        if len(r) != len(rows[0]):
+            raise CorruptRun(f"metrics.csv row {i} has {len(r)} of {len(rows[0])} fields")
+
+
+def _check_metric_values(metrics: pd.DataFrame) -> None:
+    """Each column within what the store writes (METRIC_RANGES); CorruptRun names the first."""
+    for column, (low, high) in METRIC_RANGES.items():
+        values = metrics[column]
+        bad = values.notna() & ~values.between(low, high)
+        if column == "epoch":
+            bad |= values.notna() & (values % 1 != 0)
+        if column in METRICS_NEVER_BLANK:
+            bad |= values.isna()
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            value = float(values.iloc[i])
+            if math.isnan(value):
+                problem = "is blank"
+            elif low <= value <= high:
+                problem = "is not a whole number"
+            else:
+                problem = f"is outside [{low:g}, {high:g}]"
+            raise CorruptRun(f"metrics.csv row {i + 1} {column}={value:g} {problem}")
+
+
 def read_probes(path: Path) -> pd.DataFrame | None:
     """probes.csv (long format: epoch, step, probe, layer, metric, value); None if absent."""
-    if not path.exists():
-        return None
     dtypes = {"epoch": int, "step": int, "probe": str, "layer": str, "metric": str, "value": float}
     try:
+        if not path.exists():
+            return None
         probes = pd.read_csv(
             path, dtype=dtypes, keep_default_na=False, na_values={"value": ["nan"]}
         )

@@ -27,6 +27,9 @@ from bnlab.errors import BnlabError
 from bnlab.sweep.adapters import split_grid
 
 ALL = "all"
+# experiment_name names the sweep's folder, <paths.runs>/.sweeps/<name>-<stamp>: one
+# path component, well under the file systems' 255 bytes with the stamp added.
+MAX_NAME_BYTES = 100
 
 
 @dataclass
@@ -102,5 +105,27 @@ def expand(overrides: Sequence[str]) -> Sweep:
         except BnlabError as err:
             raise BnlabError(f"grid point {' '.join(job_overrides)}: {err}") from None
         jobs.append(Job(job_overrides, cfg))
-    experiment = jobs[0].cfg.experiment_name if jobs else None
+    experiment = (jobs[0].cfg.experiment_name or None) if jobs else None
+    if experiment is not None:
+        check_folder_name("experiment_name", experiment)
     return Sweep(experiment, list(task_overrides), hydra_overrides, launcher, launcher_params, jobs)
+
+
+def check_folder_name(key: str, name: str) -> None:
+    """Raise BnlabError unless `name` can name one folder of its own.
+
+    `experiment_name=../../x` would put the sweep's folder outside <runs>/.sweeps,
+    and a 300-character name fails deep inside Hydra (file name too long).
+    """
+    shown = name if len(name) <= 40 else f"{name[:40]}..."
+    if "/" in name or name.startswith(".") or any(ord(c) < 32 for c in name):
+        raise BnlabError(
+            f"{key}={shown!r} cannot name the sweep's folder: no '/', no leading '.', "
+            "no control characters"
+        )
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        raise BnlabError(
+            f"{key}={shown!r} is too long to name the sweep's folder "
+            f"({size} bytes, at most {MAX_NAME_BYTES})"
+        )

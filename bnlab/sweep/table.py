@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from bnlab.store import RunStore
+from bnlab.store import FINISHED, RunStore
 from bnlab.sweep.grid import Sweep
 
 STATUS_STYLE = {
@@ -29,12 +29,22 @@ class Row:
     run_dir: str
 
 
-def rows_for(sweep: Sweep) -> list[Row]:
+def rows_for(sweep: Sweep, outcomes: dict[str, str] | None = None) -> list[Row]:
+    """One row per job, its state read from the store.
+
+    `outcomes`: after a launch, what the jobs recorded by run name (None: nothing was
+    launched, as in a dry run). A launched run that is not finished failed, whether or
+    not it recorded so: it may have failed before its folder or summary existed (no
+    CUDA, an unwritable runs folder) -- unless it was busy: another sweep trains it.
+    """
     keys = sweep.varying_keys()
     rows = []
     for job in sweep.jobs:
         run = RunStore(job.cfg.paths.runs).run_dir(job.cfg)
         summary = run.summary() or {}
+        status = run.state()
+        if outcomes is not None and status not in FINISHED:
+            status = status if outcomes.get(run.path.name) == "busy" else "failed"
         settings = {}
         for o in job.overrides:
             key, _, value = o.partition("=")
@@ -44,7 +54,7 @@ def rows_for(sweep: Sweep) -> list[Row]:
         rows.append(
             Row(
                 settings=settings,
-                status=run.state(),
+                status=status,
                 epochs=f"{run.epochs_done()}/{planned}",
                 test_acc=summary.get("test_acc"),
                 wall_s=summary.get("wall_s"),

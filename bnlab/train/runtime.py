@@ -68,10 +68,15 @@ class Runtime:
         return f"{name} ({self.precision}{mode})"
 
 
+def check_device(device: str) -> None:
+    """BnlabError (one line) for train.device=cuda on a machine without CUDA."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BnlabError("train.device=cuda but no CUDA device is available (try train.device=cpu)")
+
+
 def resolve_runtime(train: Any) -> Runtime:
     """Turn train.device/precision/channels_last/compile/threads into concrete choices."""
-    if train.device == "cuda" and not torch.cuda.is_available():
-        raise BnlabError("train.device=cuda but no CUDA device is available (try train.device=cpu)")
+    check_device(train.device)
     use_cuda = train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
 
