@@ -9,7 +9,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-all lint format train-cpu bench clean data-fmnist slurm-packages test-slurm wheelhouse
+.PHONY: setup test test-e2e test-all lint format train-cpu bench clean data-fmnist slurm-packages test-slurm wheelhouse
 
 setup: $(VENV)/.installed
 
@@ -26,11 +26,17 @@ $(VENV)/.installed: pyproject.toml
 TEST_WORKERS ?= auto
 XDIST = -n $(TEST_WORKERS) --maxprocesses 4
 
+# make test: the fast tests (minutes). The end-to-end ones (real processes: killed sweeps,
+# launchers, resumes, the GPU smoke sequence) are marked e2e and run by make test-e2e,
+# which .ci/run runs after it.
 test: setup
 	$(BIN)/pytest -q $(XDIST)
 
+test-e2e: setup
+	$(BIN)/pytest -q $(XDIST) -m e2e
+
 test-all: setup
-	$(BIN)/pytest -q $(XDIST) -m "not gpu"
+	$(BIN)/pytest -q $(XDIST) -m "not gpu and not slurm"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_throughput.py"
 
 
+@pytest.mark.e2e
 def test_profile_names_the_ops_that_take_a_steps_time(tmp_path):
     out = tmp_path / "profile.json"
     args = ["--profile", "--train-size", "256", "--steps", "2", "--top", "3", "--out", str(out)]

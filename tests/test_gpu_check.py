@@ -27,6 +27,7 @@ def gpu_check(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.e2e
 def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
     out = tmp_path / "out"
     # The current environment instead of the wheelhouse (that install is
@@ -102,6 +103,7 @@ def test_wheelhouse_installs_and_imports():
     check(WHEELHOUSE)  # raises SystemExit or CalledProcessError on any problem
 
 
+@pytest.mark.e2e
 def test_preset_gpu_sweep_fits_twenty_minutes_at_the_stated_throughput():
     from gpu_budget import budget, read_throughput
 

@@ -113,6 +113,7 @@ class StopAt(SilentReporter):
             raise KeyboardInterrupt
 
 
+@pytest.mark.e2e
 def test_resume_keeps_probes_csv_consistent(probed, tmp_path):
     runs = tmp_path / "runs"
     # Step 6 is in epoch 2, after the ics/landscape probes of step 5 ran in memory.

@@ -44,6 +44,7 @@ def test_committed_cpu_report_is_reproduced_byte_for_byte(tmp_path, monkeypatch)
     _assert_same_as_committed(tmp_path / "report")
 
 
+@pytest.mark.e2e
 def test_rules_survive_python_OO(tmp_path):
     # -OO strips docstrings: a rule kept in one would print empty.
     out = tmp_path / "report"

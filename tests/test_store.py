@@ -152,6 +152,7 @@ def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
     assert run.load_checkpoint()["cuda_rng"].dtype == torch.uint8
 
 
+@pytest.mark.e2e
 def test_a_truncated_checkpoint_resumes_from_the_previous_one_end_to_end(runs):
     from tests.conftest import run_bnlab
 

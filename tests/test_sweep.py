@@ -62,6 +62,7 @@ def test_bad_sweep_input_fails_before_any_run(runs, args, needle):
     assert not runs.exists()
 
 
+@pytest.mark.e2e
 def test_sweep_runs_the_grid_then_skips_it(runs):
     args = ["sweep", "norm=bn,none", "optim.lr=0.05,50", *SMOKE, f"paths.runs={runs}"]
     proc = run_bnlab(*args)
@@ -97,6 +98,7 @@ def test_a_failing_run_does_not_stop_the_sweep(runs, monkeypatch):
     assert by_norm["bn"]["status"] == "completed"  # ran after the failure
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_sweep_completes_on_rerun_without_duplicates(runs, sig):
     args = [
@@ -155,6 +157,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.e2e
 def test_kill_stops_a_joblib_sweep_and_its_workers(runs):
     """SIGTERM (`kill PID`, what a job manager sends) ends the workers too, not the
     parent alone: no orphan keeps training into the runs folder."""
@@ -190,6 +193,7 @@ def test_kill_stops_a_joblib_sweep_and_its_workers(runs):
     assert not any((d / "summary.json").exists() for d in run_dirs(runs))
 
 
+@pytest.mark.e2e
 def test_overlapping_sweeps_at_once_do_not_corrupt_each_other(runs):
     common = [*SMOKE, "train.epochs=2", "train.threads=1", f"paths.runs={runs}"]
     a = subprocess.Popen([*BNLAB, "sweep", "norm=bn,none", *common], cwd=REPO,
@@ -210,6 +214,7 @@ def test_overlapping_sweeps_at_once_do_not_corrupt_each_other(runs):
         assert not list(d.glob(".*.tmp"))
 
 
+@pytest.mark.e2e
 def test_joblib_runs_jobs_in_parallel_with_one_thread_each(runs):
     proc = run_bnlab(
         "sweep", "norm=bn,gn", *SMOKE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -223,6 +228,7 @@ def test_joblib_runs_jobs_in_parallel_with_one_thread_each(runs):
     assert len({s["pid"] for s in found.values()}) == 2
 
 
+@pytest.mark.e2e
 def test_submitit_local_runs_the_grid(runs):
     proc = run_bnlab(
         "sweep", "norm=bn,ln", *SMOKE, "hydra/launcher=submitit_local", f"paths.runs={runs}"
@@ -258,6 +264,7 @@ def test_slurm_launcher_requeues_through_the_checkpoint():
     assert sweep.launcher_params["_target_"].endswith("SlurmLauncher")
 
 
+@pytest.mark.e2e
 def test_the_cpu_grid_covers_every_claim_and_finds_every_committed_run_done():
     # One dry run of the whole suite (it takes minutes) checks two things. Every
     # claim's and mechanism's grid is in experiment=all. And run identity stays stable

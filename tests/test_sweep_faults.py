@@ -234,6 +234,7 @@ def test_sweeps_started_in_the_same_second_get_folders_of_their_own(runs, monkey
     assert seeds == [0, 1]  # neither overwrote the other's multirun.yaml
 
 
+@pytest.mark.e2e
 def test_sigkill_of_a_joblib_sweep_ends_its_workers(runs):
     """kill -9 of the sweep alone: its loky workers notice their parent is gone and exit
     (bnlab.sweep.job.watch_sweep) instead of training on, then idling, orphaned."""

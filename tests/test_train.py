@@ -30,6 +30,7 @@ def science(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]
 
 
+@pytest.mark.e2e
 def test_smoke_run_writes_the_store_and_is_not_retrained(runs):
     proc = run_bnlab("train", "preset=smoke", f"paths.runs={runs}")
     assert proc.returncode == 0, proc.stderr
@@ -71,6 +72,7 @@ def test_divergence_is_a_result_with_exit_0(runs):
     assert summary["epochs"] == 1
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     args = ["train", "preset=smoke", "train.epochs=4", "data.train_size=1024", "train.threads=1"]
     straight = tmp_path / "straight"
@@ -120,6 +122,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     ],
     ids=["deep-none", "plain", "gn-batch4", "ln", "bf16", "cosine", "ghost-bn-2", "fixup"],
 )
+@pytest.mark.e2e
 def test_the_issue_examples_train(runs, overrides):
     proc = run_bnlab("train", "preset=smoke", "train.epochs=1", *overrides, f"paths.runs={runs}")
     assert proc.returncode == 0, proc.stderr

@@ -369,6 +369,7 @@ def test_wandb_init_failure_is_a_clean_error(tmp_path, wandb_env, monkeypatch):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.e2e
 def test_cli_smoke_run_with_wandb_writes_csv_store_and_offline_run(tmp_path, wandb_env):
     runs = tmp_path / "runs"
     env = {**os.environ, **wandb_env, "PYTHONUNBUFFERED": "1"}
@@ -402,6 +403,7 @@ def test_cli_smoke_run_with_wandb_writes_csv_store_and_offline_run(tmp_path, wan
     assert not any(Path(wandb_env["HOME"]).iterdir()), "wandb wrote into $HOME"
 
 
+@pytest.mark.e2e
 def test_sweep_logs_one_wandb_run_per_bnlab_run_grouped_by_experiment(tmp_path, wandb_env):
     runs = tmp_path / "runs"
     env = {**os.environ, **wandb_env, "PYTHONUNBUFFERED": "1"}
