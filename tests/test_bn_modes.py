@@ -225,6 +225,7 @@ def test_bn_modes_needs_running_averages():
         validate(load_config(["probe.bn_modes=true", "norm.track_running_stats=false"]))
 
 
+@pytest.mark.e2e
 def test_bn_modes_land_in_a_real_runs_summary(tmp_path: Path):
     runs = tmp_path / "runs"
     proc = run_bnlab(

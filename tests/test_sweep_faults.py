@@ -136,6 +136,7 @@ class ReadOnly:
         return self.real_mkdir(path, *args, **kwargs)
 
 
+@pytest.mark.e2e
 def test_a_runs_folder_turning_read_only_mid_sweep_fails_the_rest_with_a_line_each(
     runs, monkeypatch
 ):
@@ -161,6 +162,7 @@ def test_a_runs_folder_turning_read_only_mid_sweep_fails_the_rest_with_a_line_ea
     assert len(run_dirs(runs)) == 1
 
 
+@pytest.mark.e2e
 def test_a_rerun_in_a_read_only_runs_folder(runs, monkeypatch):
     """Read-only faked as above. Runs left to train: one line, exit 2, nothing created;
     all finished: the table, exit 0, nothing written."""
@@ -187,6 +189,7 @@ def test_a_rerun_in_a_read_only_runs_folder(runs, monkeypatch):
 # ----------------------------------------------------------------- item 3: paths and names
 
 
+@pytest.mark.e2e
 def test_a_quoted_runs_path_with_spaces_and_non_ascii_sweeps(tmp_path):
     runs = tmp_path / "a b" / "ünï runs"
     result = _sweep(*TINY, "train.seed=0,1", f"paths.runs='{runs}'")
@@ -221,6 +224,7 @@ def test_an_experiment_name_that_cannot_name_a_folder_is_refused(runs, tmp_path,
 # ----------------------------------------------------------------- item 6: workers and folders
 
 
+@pytest.mark.e2e
 def test_sweeps_started_in_the_same_second_get_folders_of_their_own(runs, monkeypatch):
     from bnlab.sweep import launch
 
@@ -272,6 +276,7 @@ def test_sigkill_of_a_joblib_sweep_ends_its_workers(runs):
 # ----------------------------------------------------------------- item 9: SIGTERM at the end
 
 
+@pytest.mark.e2e
 def test_sigterm_after_the_runs_ended_exits_130_without_a_traceback(runs):
     """SIGTERM once both runs have ended: the launch is finishing, the table is drawn or
     joblib is stopping its workers at exit; wherever it lands, the sweep says the resume
