@@ -17,10 +17,9 @@ change of the weights: measured over 5 seed sets x 12 cases, the pack's distance
 0.1-1.5x the floor (5.4x once: instance norm over 2x2 maps), while a fixed tolerance
 would need 1e-3 for the worst case (in, none_noisy) and would be loose for all the
 rest. The members themselves differ by > 100x it.
-ghost_bn and batch_renorm run in float32 only: their solo layers compute
-statistics in float32 and fail on float64 input (norms.py: group_batch_norm's
-float32 buffers, BatchRenorm2d's x.float()); their layers alone are compared in
-float32 below, where packing changes nothing (bit-identical).
+Every kind runs in float64 (ghost_bn and batch_renorm compute their statistics in
+the input's precision for float64: norms.stats_dtype); their layers alone are also
+compared in float32 below, where packing changes nothing (bit-identical).
 """
 
 from __future__ import annotations
@@ -76,7 +75,6 @@ CASES: dict[str, tuple[nk.NormConfig, str]] = {
     "fixup": (nk.NoNormConfig(), "fixup"),
     "skipinit": (nk.NoNormConfig(), "skipinit"),
 }
-FLOAT32_ONLY = {"ghost_bn", "batch_renorm"}  # their solo layers do not run in float64
 
 
 @pytest.fixture(autouse=True)
@@ -296,7 +294,7 @@ def compare_with_solo(
     assert max_diff(pack_member_state(trainer, 0), solo_states[1]) > 100 * max(tols)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c not in FLOAT32_ONLY])
+@pytest.mark.parametrize("case", CASES)
 def test_member_equals_solo_float64(case: str) -> None:
     compare_with_solo(case, torch.float64, 1e-9)
 
@@ -354,7 +352,7 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 
 @pytest.mark.parametrize("case", ["bn", "batch_renorm"])
 def test_diverging_member_leaves_the_others_bit_identical(case: str) -> None:
-    dtype = torch.float64 if case not in FLOAT32_ONLY else torch.float32
+    dtype = torch.float64
     data = [member_batches(i, dtype) for i in range(K)]
     healthy = make_pack(case, dtype, [optim_config(i) for i in range(K)])
     wild = [optim_config(0), optim_config(1, lr=1e4), optim_config(2)]
@@ -382,7 +380,7 @@ def test_diverging_member_leaves_the_others_bit_identical(case: str) -> None:
     # ... and equal to a pack without it (K=2: other kernel shapes, so to rounding).
     alone = make_pack(case, dtype, [optim_config(0), optim_config(2)], members=(0, 2))
     train_pack(alone, [data[0], data[2]])
-    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    tol = 1e-9
     for j, i in enumerate((0, 2)):
         assert max_diff(pack_member_state(alone, j), pack_member_state(diverging, i)) <= tol
 

@@ -158,7 +158,8 @@ def group_batch_norm(
     for that group alone (per-channel mean and biased variance over group x H x W
     values), then the affine. ``x.shape[0]`` must be a multiple of ``group``.
     Returns the output and each group's per-channel mean and *unbiased* variance,
-    shape (groups, C) in float32 -- what BN's running averages are made of.
+    shape (groups, C) in float32 (float64 for float64 input) -- what BN's running
+    averages are made of.
 
     One call of torch's fused kernel for all the groups, instead of one per group:
     the groups are folded into the channel dimension, (k*g, C, H, W) ->
@@ -172,8 +173,8 @@ def group_batch_norm(
     k = n // group
     rest = x.shape[2:]
     folded = x.view(k, group, c, *rest).transpose(0, 1).reshape(group, k * c, *rest)
-    means = torch.zeros(k * c, dtype=torch.float32, device=x.device)
-    variances = torch.ones(k * c, dtype=torch.float32, device=x.device)
+    means = torch.zeros(k * c, dtype=stats_dtype(x), device=x.device)
+    variances = torch.ones(k * c, dtype=stats_dtype(x), device=x.device)
     w = weight.repeat(k) if weight is not None else None
     b = bias.repeat(k) if bias is not None else None
     y = F.batch_norm(folded, means, variances, w, b, True, 1.0, eps)
@@ -181,6 +182,12 @@ def group_batch_norm(
     out = y.view(group, k, c, *rest).transpose(0, 1).reshape(n, c, *rest)
     out = out.contiguous(memory_format=_memory_format(x))
     return out, means.view(k, c), variances.view(k, c)
+
+
+def stats_dtype(x: torch.Tensor) -> torch.dtype:
+    """Batch statistics in float32 for float32/bf16/fp16 input (as BN's kernel computes
+    them), in float64 for float64 input (which float32 statistics would round)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -295,7 +302,7 @@ class BatchRenorm2d(nn.BatchNorm2d):
         if not self.training:
             return super().forward(x)
         r_max, d_max = self._limits()
-        xf = x.float()  # statistics in fp32 under bf16 autocast, like BN's kernel
+        xf = x.to(stats_dtype(x))  # fp32 statistics under bf16 autocast, like BN's kernel
         mean = xf.mean(dim=(0, 2, 3))
         var = xf.var(dim=(0, 2, 3), unbiased=False)
         std = (var + self.eps).sqrt()
