@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,32 +139,23 @@ def _stage(
 def cifar_resnet(
     depth: int,
     norm_layer: NormLayer = nn.BatchNorm2d,
-    conv_bias: bool = False,
-    width: int = 16,
-    residual: bool = True,
-    num_classes: int = 10,
-    in_channels: int = 3,
+    *,
     init: str = "kaiming",
     init_scale: float = 1.0,
     wrap_layer: Callable[[nn.Module], nn.Module] | None = None,
+    **arch: Any,
 ) -> CifarResNet:
     """A ``CifarResNet`` initialised with ``init`` x ``init_scale``.
 
-    Initialisation draws from torch's global RNG, so seed before calling. The
-    residual inits (fixup, skipinit) build their branch scalars into the blocks.
-    ``wrap_layer`` (a reparametrisation such as ``weight_norm``) is applied to
-    every conv/linear *after* the initialisation, so it starts from the same function.
+    ``arch``: the rest of ``CifarResNet``'s arguments (conv_bias, width, residual,
+    num_classes, in_channels). Initialisation draws from torch's global RNG, so seed
+    before calling. The residual inits (fixup, skipinit) build their branch scalars
+    into the blocks. ``wrap_layer`` (a reparametrisation such as ``weight_norm``) is
+    applied to every conv/linear *after* the initialisation, so it starts from the
+    same function.
     """
-    net = CifarResNet(
-        depth=depth,
-        norm_layer=norm_layer,
-        conv_bias=conv_bias,
-        width=width,
-        residual=residual,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        branch_scalars=init if init in RESIDUAL_SCHEMES else None,
-    )
+    branch_scalars = init if init in RESIDUAL_SCHEMES else None
+    net = CifarResNet(depth, norm_layer, branch_scalars=branch_scalars, **arch)
     initialize(net, init, init_scale)
     if wrap_layer is not None:
         wrap_layers(net, wrap_layer)

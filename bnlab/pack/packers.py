@@ -271,24 +271,20 @@ def _scalars(packed: nn.Module, mods: list[nn.Module], ctx: _Context) -> None:
         raise PackError(f"{ctx.where()}: a container with its own buffers does not pack")
 
 
-def _basic_block(mods: list[nn.Module], ctx: _Context) -> nn.Module:
-    s = mods[0]
-    assert isinstance(s, BasicBlock)
-    if any(m.branch_scalars != s.branch_scalars for m in mods):  # type: ignore[union-attr]
-        raise PackError(f"{ctx.where()}: members have different branch scalars (init)")
-    packed = PackedBasicBlock(ctx.k, s.branch_scalars, _children(mods, ctx))
-    _scalars(packed, mods, ctx)
-    return packed
+def _scalar_container(setting: str, packed_type: type[nn.Module]) -> Packer:
+    """A container (a block, the net) whose construction depends on one init setting
+    (``setting``: BasicBlock.branch_scalars, CifarResNet.fixup) the members must share,
+    and whose own parameters are per-member scalars."""
 
+    def pack(mods: list[nn.Module], ctx: _Context) -> nn.Module:
+        value = getattr(mods[0], setting)
+        if any(getattr(m, setting) != value for m in mods):
+            raise PackError(f"{ctx.where()}: members differ in {setting} (their init)")
+        packed = packed_type(ctx.k, value, _children(mods, ctx))
+        _scalars(packed, mods, ctx)
+        return packed
 
-def _resnet(mods: list[nn.Module], ctx: _Context) -> nn.Module:
-    s = mods[0]
-    assert isinstance(s, CifarResNet)
-    if any(m.fixup != s.fixup for m in mods):  # type: ignore[union-attr]
-        raise PackError(f"{ctx.where()}: members differ in init (fixup or not)")
-    packed = PackedResNet(ctx.k, s.fixup, _children(mods, ctx))
-    _scalars(packed, mods, ctx)
-    return packed
+    return pack
 
 
 def _pack_weight_norm(packed: nn.Module, mods: list[nn.Module], ctx: _Context) -> None:
@@ -315,8 +311,8 @@ def _pack_weight_norm(packed: nn.Module, mods: list[nn.Module], ctx: _Context) -
 
 # Exact types; a subclass of one of these has no rule until one is added for it.
 PACKERS: dict[type[nn.Module], Packer] = {
-    CifarResNet: _resnet,
-    BasicBlock: _basic_block,
+    CifarResNet: _scalar_container("fixup", PackedResNet),
+    BasicBlock: _scalar_container("branch_scalars", PackedBasicBlock),
     nn.Sequential: _sequential,
     nn.Conv2d: _conv,
     nn.Linear: _linear,
