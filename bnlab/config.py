@@ -18,7 +18,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from bnlab.errors import BnlabError
-from bnlab.norm_kinds import NORM_FREE_KINDS, NORM_KINDS, NormConfig, check_norm
+from bnlab.norm_kinds import (
+    ARCHS,
+    NORM_FREE_KINDS,
+    NORM_KINDS,
+    RECURRENT_ARCHS,
+    SEQUENCE_ARCHS,
+    NormConfig,
+    check_norm,
+)
 
 # ----------------------------------------------------------------------------- data
 
@@ -59,6 +67,50 @@ class ModelConfig:
     # x + bias1a into a downsampling shortcut, fan-out He init of the branches' first
     # convs) and bn_noisy/none_noisy's uniform per-activation draws (bnlab.models).
     revision: int = 2
+
+
+# The sequence models read each image as a sequence of rows (H time steps of W x C
+# features). Each family has its own schema, picked by the model group (model=lstm,
+# model=gru, model=transformer), as each norm kind has its own: a key that only one
+# family reads is an unknown key in the others, and ModelConfig -- hence the run id of
+# every ResNet run -- is unchanged. They reuse ModelConfig's keys where the meaning
+# carries over (depth: stacked layers, width: hidden units) and keep the rest at
+# values validate() pins (residual, init), so every consumer of cfg.model reads them.
+
+
+@dataclass
+class RecurrentConfig(ModelConfig):
+    """An LSTM or GRU over the rows (bnlab.models.recurrent), norms where the papers put them."""
+
+    arch: str = "lstm"  # lstm | gru
+    depth: int = 1  # stacked recurrent layers
+    width: int = 128  # hidden units (h, and c for the LSTM)
+    # The recurrent weights orthogonal (Saxe et al. 2014, as Cooijmans et al. 2016);
+    # the only scheme the recurrent models implement.
+    init: str = "orthogonal"
+    # Train on the first train_steps rows of each image, evaluate on all of them (the
+    # longer sequences of Cooijmans et al.'s generalisation test). None: all rows.
+    train_steps: int | None = None
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    """A small pre-norm transformer encoder over the rows (bnlab.models.transformer)."""
+
+    arch: str = "transformer"
+    depth: int = 4  # encoder blocks
+    width: int = 64  # d_model; the MLP has 4 x width hidden units
+    heads: int = 4  # must divide width
+    init: str = "xavier"  # Glorot-uniform linears (torch's nn.Transformer); the only scheme
+
+
+# The schema each architecture (norm_kinds.ARCHS) is composed with: conf/model/<arch>.yaml.
+MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
+    "resnet": ModelConfig,
+    "lstm": RecurrentConfig,
+    "gru": RecurrentConfig,
+    "transformer": TransformerConfig,
+}
 
 
 # ----------------------------------------------------------------------------- norms
@@ -197,6 +249,8 @@ def register_configs() -> None:
     cs.store(name="bnlab_schema", node=Config)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="model", name="base_recurrent", node=RecurrentConfig)
+    cs.store(group="model", name="base_transformer", node=TransformerConfig)
     cs.store(group="optim", name="base_optim", node=OptimConfig)
     for kind, schema in LOGGER_SCHEMAS.items():
         cs.store(group="logger", name=f"base_{kind}", node=schema)
@@ -207,6 +261,7 @@ def register_configs() -> None:
 # ----------------------------------------------------------------------------- value checks
 
 DATASETS = ("cifar10_jpeg", "cifar10", "fashion_mnist")
+IMAGE_ROWS = {"cifar10_jpeg": 32, "cifar10": 32, "fashion_mnist": 28}  # the sequences' length
 INITS = ("kaiming", "xavier", "orthogonal", "fixup", "skipinit")
 RESIDUAL_INITS = ("fixup", "skipinit")  # add scalars to the residual branches
 MODEL_REVISION = 2  # ModelConfig.revision: the only one bnlab.models builds
@@ -268,6 +323,52 @@ def _largest_lr(o: Any, init: str) -> float:
     return o.lr * peak * scalar
 
 
+def _check_schema(m: Any) -> None:
+    """model.arch set on another architecture's schema (model.arch=lstm with model=resnet)."""
+    schema = OmegaConf.get_type(m)
+    if not isinstance(schema, type) or not issubclass(schema, ModelConfig):
+        return  # an untyped node (a stored config.yaml): nothing to compare
+    _check(
+        schema is MODEL_SCHEMAS[m.arch],
+        f"model.arch={m.arch} is chosen with the model group: model={m.arch} "
+        f"(it brings the {m.arch}'s own keys and sizes)",
+    )
+
+
+def _validate_sequence_model(cfg: Any) -> None:
+    """The sequence models' keys, and what they cannot take from the rest of the config."""
+    d, m = cfg.data, cfg.model
+    _check_schema(m)
+    _positive("model.depth", m.depth)
+    _check(m.residual, f"model.residual=false: only resnet has a plain twin, not {m.arch}")
+    want = MODEL_SCHEMAS[m.arch].init  # the one scheme each sequence model implements
+    _check(
+        m.init == want,
+        f"model.init={m.init}: the {m.arch} has one initialisation (model.init={want})",
+    )
+    if m.arch in RECURRENT_ARCHS and m.train_steps is not None:
+        rows = IMAGE_ROWS.get(d.name)
+        _positive("model.train_steps", m.train_steps)
+        _check(
+            rows is None or m.train_steps <= rows,
+            f"model.train_steps={m.train_steps} is more than the {rows} rows of {d.name}",
+        )
+    if m.arch == "transformer":
+        _positive("model.heads", m.heads)
+        _check(
+            m.width % m.heads == 0,
+            f"model.heads={m.heads} must divide model.width={m.width}",
+        )
+    # Crop + flip are image augmentations: a 4-row shift moves which rows come first
+    # (model.train_steps trains on the first rows) and a flip reverses every step's
+    # features; sequential-MNIST work trains without. conf/model/<seq>.yaml sets it false.
+    _check(not d.augment, f"data.augment=true: model.arch={m.arch} reads rows, not crops")
+    _check(
+        not cfg.train.only_bn,
+        f"train.only_bn=true: the {m.arch}'s norm layers are not the conv nets' BN/GN",
+    )
+
+
 def validate(cfg: Any) -> None:
     """Raise BnlabError naming the first impossible value in a composed config."""
     d, m, n, o, t = cfg.data, cfg.model, cfg.norm, cfg.optim, cfg.train
@@ -292,11 +393,15 @@ def validate(cfg: Any) -> None:
             "no full training batch",
         )
 
-    _check(m.arch == "resnet", f"model.arch={m.arch!r} is not one of: resnet")
-    _check(
-        m.depth >= 8 and (m.depth - 2) % 6 == 0,
-        f"model.depth={m.depth} is not of the form 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110)",
-    )
+    _one_of("model.arch", m.arch, ARCHS)
+    if m.arch in SEQUENCE_ARCHS:
+        _validate_sequence_model(cfg)
+    else:
+        _check_schema(m)
+        _check(
+            m.depth >= 8 and (m.depth - 2) % 6 == 0,
+            f"model.depth={m.depth} is not of the form 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110)",
+        )
     _positive("model.width", m.width)
     _one_of("model.init", m.init, INITS)
     _positive("model.init_scale", m.init_scale)

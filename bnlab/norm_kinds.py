@@ -4,9 +4,12 @@ A norm kind has two halves, split so that the config never pays a torch import:
 
 - here (torch-free): its ``NormKind`` entry in ``NORM_KINDS`` -- the schema
   dataclass, whether convolutions in front of it keep a bias, the value checks,
-  whether it normalises at all;
+  whether it normalises at all, and the architectures it has a layer for
+  (``archs``: the one place that rule lives; ``bnlab.config.validate`` refuses
+  any other pair);
 - ``bnlab.build`` (imports torch and the layers): its factory in ``NORM_LAYERS``,
-  (norm node) -> ``norm_layer`` (channels -> layer: a class or a functools.partial).
+  (norm node) -> ``norm_layer`` (channels -> layer: a class or a functools.partial),
+  one per architecture family it sits in (conv nets, recurrent cells, transformers).
 
 A new norm kind is one entry in each table (plus, if it has settings, its dataclass
 here and a ``conf/norm/<kind>.yaml`` holding only what differs from the dataclass
@@ -145,6 +148,24 @@ class WeightNormConfig(NormConfig):
     kind: str = "weight_norm"
 
 
+@dataclass
+class RMSNormConfig(AffineFields, NormConfig):
+    """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * g over the features,
+    no mean subtracted, no shift. Sequence models only (recurrent cells, transformers)."""
+
+    kind: str = "rmsnorm"
+    eps: float = 1e-8  # Zhang & Sennrich's reference code (bzhangGo/rmsnorm)
+
+
+@dataclass
+class StepBatchNormConfig(RunningStatsFields, NormConfig):
+    """BN in recurrent cells with one set of running statistics per time step
+    (Cooijmans et al. 2016); beyond the last trained step, eval uses the last set.
+    ``norm=bn`` in a recurrent cell is the same layer with one set shared over time."""
+
+    kind: str = "step_bn"
+
+
 # ----------------------------------------------------------------------------- checks
 
 Check = Callable[[Any, Any], None]  # (norm node, whole config) -> raise BnlabError
@@ -199,6 +220,11 @@ def check_renorm(n: Any, cfg: Any) -> None:
 
 # ----------------------------------------------------------------------------- the table
 
+# The architectures (model.arch) bnlab builds; the config's model group picks one.
+ARCHS = ("resnet", "lstm", "gru", "transformer")
+RECURRENT_ARCHS = ("lstm", "gru")  # one recurrent cell family: the same norm places
+SEQUENCE_ARCHS = (*RECURRENT_ARCHS, "transformer")  # read an image as a sequence of rows
+
 
 @dataclass(frozen=True)
 class NormKind:
@@ -210,6 +236,9 @@ class NormKind:
     # No normalisation at all: what Fixup/SkipInit replace. (weight_norm is not:
     # Fixup's zero-initialised convs have no direction v / ||v||.)
     norm_free: bool = False
+    # The architectures this kind has a layer for (bnlab.build holds one factory per
+    # family; tests/test_sequence.py checks the two agree). validate() refuses others.
+    archs: tuple[str, ...] = ("resnet",)
     keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -225,10 +254,14 @@ class NormKind:
 _BN_CHECKS = (check_eps, check_momentum)
 
 NORM_KINDS: dict[str, NormKind] = {
-    "bn": NormKind(BatchNormConfig, conv_bias=False, checks=_BN_CHECKS),
-    "none": NormKind(NoNormConfig, conv_bias=True, norm_free=True),
+    # In a recurrent cell: statistics per step in training, one running set shared over
+    # time (Laurent et al. 2016's and Cooijmans et al.'s foil); in a transformer: over
+    # batch x tokens per feature (Shen et al. 2020).
+    "bn": NormKind(BatchNormConfig, conv_bias=False, checks=_BN_CHECKS, archs=ARCHS),
+    "none": NormKind(NoNormConfig, conv_bias=True, norm_free=True, archs=ARCHS),
     "gn": NormKind(GroupNormConfig, conv_bias=False, checks=(check_eps, check_groups)),
-    "ln": NormKind(LayerNormConfig, conv_bias=False, checks=(check_eps,)),
+    # In sequence models: over each token's / time step's features (Ba et al. 2016).
+    "ln": NormKind(LayerNormConfig, conv_bias=False, checks=(check_eps,), archs=ARCHS),
     "bn_noisy": NormKind(NoisyBatchNormConfig, conv_bias=False, checks=(*_BN_CHECKS, check_noise)),
     # Noise without BN: its shift is not learned, so the convs keep their biases.
     "none_noisy": NormKind(
@@ -243,6 +276,12 @@ NORM_KINDS: dict[str, NormKind] = {
     "in": NormKind(InstanceNormConfig, conv_bias=False, checks=(check_eps,)),
     # No norm layer: every conv/linear weight is reparametrised (bnlab.build), no shift.
     "weight_norm": NormKind(WeightNormConfig, conv_bias=True),
+    # Sequence models only. conv_bias is moot there (no convs); RMSNorm subtracts no
+    # mean, so a bias in front of it would not be wasted.
+    "rmsnorm": NormKind(RMSNormConfig, conv_bias=True, checks=(check_eps,), archs=SEQUENCE_ARCHS),
+    "step_bn": NormKind(
+        StepBatchNormConfig, conv_bias=False, checks=_BN_CHECKS, archs=RECURRENT_ARCHS
+    ),
 }
 NORM_FREE_KINDS = tuple(k for k, v in NORM_KINDS.items() if v.norm_free)
 
@@ -255,10 +294,21 @@ def norm_kind(kind: str) -> NormKind:
         raise ValueError(f"unknown norm kind {kind!r}; known kinds: {known}") from None
 
 
+def kinds_for(arch: str) -> tuple[str, ...]:
+    """The norm kinds ``arch`` has a layer for, in table order."""
+    return tuple(k for k, v in NORM_KINDS.items() if arch in v.archs)
+
+
 def check_norm(cfg: Any) -> None:
     """The value checks of cfg.norm's kind (its type checks are Hydra's)."""
     kind = cfg.norm.kind
     if kind not in NORM_KINDS:
         raise BnlabError(f"norm={kind!r} is not one of: {', '.join(NORM_KINDS)}")
+    arch = cfg.model.arch
+    _require(
+        arch in NORM_KINDS[kind].archs,
+        f"norm={kind} has no place in model.arch={arch} "
+        f"({arch} takes norm={', '.join(kinds_for(arch))})",
+    )
     for check in NORM_KINDS[kind].checks:
         check(cfg.norm, cfg)

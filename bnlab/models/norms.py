@@ -6,6 +6,10 @@
 * ``BatchRenorm2d`` -- Ioffe 2017.
 * ``group_norm`` -- GN, and LN (1 group) and IN (one per channel) as its special cases.
 * ``weight_norm`` / ``wrap_layers`` -- a reparametrisation applied to built layers.
+* For the sequence models: ``TimeBatchNorm`` (BN in a recurrent cell, statistics per
+  time step or shared over time), ``EveryStep`` (a per-sample norm in a recurrent
+  cell), ``TokenBatchNorm`` (BN over batch x tokens in a transformer). LayerNorm and
+  RMSNorm are torch's (``nn.LayerNorm``, ``nn.RMSNorm``).
 
 Models take a ``norm_layer`` (``NormLayer``: channels -> layer) and know nothing of
 the config: which layer a norm kind builds, with which settings, is the factory
@@ -381,3 +385,111 @@ def norm_affine_parameters(net: nn.Module) -> list[nn.Parameter]:
         for p in (getattr(m, "weight", None), getattr(m, "bias", None))
         if isinstance(p, nn.Parameter)
     ]
+
+
+# ----------------------------------------------------------------------------- sequence models
+# A recurrent cell calls its norms as ``norm(x, step)``: x is (batch, features) at time
+# step ``step`` (0-based), so BN can keep statistics per step. A ``StepNormLayer`` is
+# the factory the cells take: features -> such a layer.
+StepNormLayer = Callable[[int], nn.Module]
+
+
+class TimeBatchNorm(nn.Module):
+    """BN of a recurrent cell's (batch, features) pre-activations at each time step.
+
+    Training: each step is normalised by its own batch statistics (over the batch,
+    per feature), then ``weight * x_hat + bias``. The running statistics, used in
+    eval mode, are
+
+    * ``shared=False`` -- one set per time step, ``steps`` sets (Cooijmans et al.
+      2016, "Recurrent Batch Normalization", sec. 4): step t is updated from and
+      evaluated with set t. Beyond the last set (a sequence longer than those
+      trained on) eval uses the last one, as Cooijmans et al. do for t > T_max;
+      in training such steps update the last set too.
+    * ``shared=True`` -- one set for all steps (BN applied as if time were
+      stationary, the foil of Cooijmans et al. and Laurent et al. 2016): every
+      step updates it with momentum / steps, so one sequence of ``steps`` steps
+      moves it about as much as one batch moves BN's, with nearly equal weight
+      per step.
+
+    ``gamma_init``: the initial ``weight``; Cooijmans et al. recommend 0.1 (with 1
+    the normalised inputs saturate tanh/sigmoid and gradients vanish over time).
+    With ``track_running_stats=False`` eval uses the batch statistics, as BN does.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        steps: int,
+        shared: bool = False,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        gamma_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"steps={steps} must be at least 1")
+        self.features = features
+        self.steps = steps
+        self.shared = shared
+        self.sets = 1 if shared else steps
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.gamma_init = gamma_init
+        self.weight: nn.Parameter | None = None
+        self.bias: nn.Parameter | None = None
+        if affine:
+            self.weight = nn.Parameter(torch.full((features,), float(gamma_init)))
+            self.bias = nn.Parameter(torch.zeros(features))
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(self.sets, features))
+            self.register_buffer("running_var", torch.ones(self.sets, features))
+
+    def forward(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        if not self.track_running_stats:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        s = min(step, self.sets - 1)
+        # Rows of the buffers: F.batch_norm updates them in place, through the view.
+        momentum = self.momentum / self.steps if self.shared else self.momentum
+        return F.batch_norm(
+            x,
+            self.running_mean[s],
+            self.running_var[s],
+            self.weight,
+            self.bias,
+            self.training,
+            momentum,
+            self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.features}, steps={self.steps}, shared={self.shared}, eps={self.eps}, "
+            f"momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}, gamma_init={self.gamma_init}"
+        )
+
+
+class EveryStep(nn.Module):
+    """A per-sample norm (LayerNorm, RMSNorm, none) in a recurrent cell: the same
+    layer at every step, so it takes the step index and ignores it."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        return self.norm(x)
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BN in a transformer: (batch, tokens, features) normalised per feature over
+    batch x tokens (as Shen et al. 2020 describe BN in transformers); eval uses the
+    running statistics. Keeps BatchNorm1d's parameter and buffer names."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
