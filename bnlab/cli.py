@@ -129,12 +129,26 @@ def _config_reference() -> str:
     walk(container, "")
     for key, value in flat.items():
         lines.append(f"  {key} = {value}")
+    from dataclasses import fields
+
+    from bnlab.config import MODEL_SCHEMAS, ModelConfig
     from bnlab.norm_kinds import NORM_KINDS
 
-    lines += ["", "\b", "Keys of each norm kind:"]
+    lines += ["", "\b", "Keys of each norm kind (and the model archs it fits):"]
     for kind, entry in NORM_KINDS.items():
         keys = ", ".join(f"norm.{k}" for k in entry.keys)
-        lines.append(f"  norm={kind:<12} {keys or '(no keys)'}")
+        lines.append(f"  norm={kind:<12} {keys or '(no keys)'}  [{', '.join(entry.archs)}]")
+    lines += ["", "\b", "Keys of each model (model=ARCH; beyond those of model=resnet):"]
+    resnet_keys = {f.name for f in fields(ModelConfig)}
+    for arch, schema in MODEL_SCHEMAS.items():
+        own = [f for f in fields(schema) if f.name not in resnet_keys]
+        keys = ", ".join(f"model.{f.name}={f.default}" for f in own)
+        defaults = ", ".join(
+            f"model.{f.name}={f.default}"
+            for f in fields(schema)
+            if f.name in ("depth", "width", "init") and arch != "resnet"
+        )
+        lines.append(f"  model={arch:<12} {', '.join(x for x in (keys, defaults) if x) or '-'}")
     lines += [
         "",
         "\b",
@@ -143,6 +157,7 @@ def _config_reference() -> str:
         "  bnlab train model.depth=56 norm=none optim.lr=0.3 data.batch_size=64",
         "  bnlab train model.residual=false model.depth=32",
         "  bnlab train norm=gn data.batch_size=4 train.epochs=5 train.seed=3",
+        "  bnlab train model=lstm norm=ln data=fashion_mnist preset=cpu train.threads=1",
     ]
     return "\n".join(lines)
 
