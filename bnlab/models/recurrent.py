@@ -53,18 +53,34 @@ from bnlab.models.sequence import image_rows
 GATES = {"lstm": 4, "gru": 3}
 
 
-class LSTMLayer(nn.Module):
+class _GatedLayer(nn.Module):
+    """What an LSTM and a GRU layer share: the input and recurrent weights of all their
+    gates, their biases (named as torch's), and a norm on each of the two pre-activations."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        norm_layer: StepNormLayer,
+        gates_per_unit: int,
+        biases: tuple[str, ...],
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        gates = gates_per_unit * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gates, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(gates, hidden_size))
+        for name in biases:
+            self.register_parameter(name, nn.Parameter(torch.zeros(gates)))
+        self.norm_ih = norm_layer(gates)
+        self.norm_hh = norm_layer(gates)
+
+
+class LSTMLayer(_GatedLayer):
     """One LSTM layer over (B, T, I) sequences; ``forward`` returns (outputs, (h, c))."""
 
     def __init__(self, input_size: int, hidden_size: int, norm_layer: StepNormLayer) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        gates = 4 * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(gates, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(gates, hidden_size))
-        self.bias = nn.Parameter(torch.zeros(gates))
-        self.norm_ih = norm_layer(gates)
-        self.norm_hh = norm_layer(gates)
+        super().__init__(input_size, hidden_size, norm_layer, 4, ("bias",))
         self.norm_c = norm_layer(hidden_size)
 
     def forward(
@@ -85,20 +101,12 @@ class LSTMLayer(nn.Module):
         return torch.stack(outputs, dim=1), (h, c)
 
 
-class GRULayer(nn.Module):
+class GRULayer(_GatedLayer):
     """One GRU layer over (B, T, I) sequences; ``forward`` returns (outputs, h)."""
 
     def __init__(self, input_size: int, hidden_size: int, norm_layer: StepNormLayer) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        gates = 3 * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(gates, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(gates, hidden_size))
         # Two biases, as torch's: b_hn sits inside the reset gate, so it is not redundant.
-        self.bias_ih = nn.Parameter(torch.zeros(gates))
-        self.bias_hh = nn.Parameter(torch.zeros(gates))
-        self.norm_ih = norm_layer(gates)
-        self.norm_hh = norm_layer(gates)
+        super().__init__(input_size, hidden_size, norm_layer, 3, ("bias_ih", "bias_hh"))
 
     def forward(
         self, x: torch.Tensor, state: torch.Tensor | None = None

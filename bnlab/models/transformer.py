@@ -28,6 +28,8 @@ and shifts 0; then every linear weight times ``init_scale``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,17 +112,9 @@ def init_transformer(net: RowTransformer, scale: float = 1.0) -> None:
     nn.init.normal_(net.pos, std=0.02)
 
 
-def row_transformer(
-    input_size: int,
-    steps: int,
-    width: int,
-    depth: int,
-    heads: int,
-    norm_layer: NormLayer,
-    num_classes: int = 10,
-    init_scale: float = 1.0,
-) -> RowTransformer:
-    """A ``RowTransformer``, initialised (seed torch's global RNG before calling)."""
-    net = RowTransformer(input_size, steps, width, depth, heads, norm_layer, num_classes)
+def row_transformer(*args: Any, init_scale: float = 1.0, **kwargs: Any) -> RowTransformer:
+    """A ``RowTransformer`` (of these arguments), initialised with ``init_scale`` (seed
+    torch's global RNG before calling)."""
+    net = RowTransformer(*args, **kwargs)
     init_transformer(net, init_scale)
     return net
