@@ -43,6 +43,8 @@ matrix times ``init_scale``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -212,17 +214,9 @@ def init_recurrent(net: RowRNN, scale: float = 1.0) -> None:
     net.fc.weight.mul_(scale)
 
 
-def row_rnn(
-    cell: str,
-    input_size: int,
-    hidden_size: int,
-    layers: int,
-    norm_layer: StepNormLayer,
-    num_classes: int = 10,
-    train_steps: int | None = None,
-    init_scale: float = 1.0,
-) -> RowRNN:
-    """A ``RowRNN``, initialised (seed torch's global RNG before calling)."""
-    net = RowRNN(cell, input_size, hidden_size, layers, norm_layer, num_classes, train_steps)
+def row_rnn(*args: Any, init_scale: float = 1.0, **kwargs: Any) -> RowRNN:
+    """A ``RowRNN`` (of these arguments), initialised with ``init_scale`` (seed torch's
+    global RNG before calling)."""
+    net = RowRNN(*args, **kwargs)
     init_recurrent(net, init_scale)
     return net
