@@ -1,7 +1,9 @@
-"""One training run, read top to bottom: config -> data -> model -> fit -> summary.
+"""One training run, read top to bottom: config -> data -> spec -> model -> fit -> summary.
 
-Everything that can be wrong with the input is checked before the run
-directory is created, so bad input never leaves a file behind.
+The recipe is the one reader of the config on a run's path: ``train_spec`` turns
+it into the narrow ``TrainSpec`` that training runs from. Everything that can be
+wrong with the input is checked before the run directory is created, so bad input
+never leaves a file behind.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from bnlab.errors import BnlabError
 from bnlab.models import count_params
 from bnlab.sinks import make_sink
 from bnlab.store import RunBusy, RunStore, check_writable, git_commit, run_id
-from bnlab.train.bn_modes import bn_modes
-from bnlab.train.fit import fit
+from bnlab.train.bn_modes import BN_MODE_KINDS, bn_modes
+from bnlab.train.fit import Loaders, fit
 from bnlab.train.loop import Reporter, SilentReporter
 from bnlab.train.probes import bn_eval
-from bnlab.train.runtime import resolve_runtime
+from bnlab.train.runtime import Runtime, resolve_runtime
+from bnlab.train.schedule import Schedule, warmup_steps
+from bnlab.train.spec import EvalSpec, OptimSpec, ProbeSpec, TrainSpec
 
 
 @dataclass
@@ -47,6 +51,61 @@ class RunFailed(Exception):
     def __init__(self, outcome: RunOutcome, message: str) -> None:
         super().__init__(message)
         self.outcome = outcome
+
+
+def train_spec(cfg: DictConfig, runtime: Runtime, steps_per_epoch: int) -> TrainSpec:
+    """What training uses of a validated config: the one place it is read for training.
+
+    ``runtime`` is ``resolve_runtime(cfg.train)`` (resolved first: the loaders need
+    its device) and ``steps_per_epoch`` the training loader's length (known once the
+    data is loaded): the schedule's shape is fixed here, once.
+    """
+    o, t, p, d = cfg.optim, cfg.train, cfg.probe, cfg.data
+    return TrainSpec(
+        epochs=t.epochs,
+        steps_per_epoch=steps_per_epoch,
+        seed=t.seed,
+        optim=OptimSpec(
+            lr=o.lr,
+            momentum=o.momentum,
+            nesterov=o.nesterov,
+            weight_decay=o.weight_decay,
+            fixup_scalar_lr=o.fixup_scalar_lr,
+        ),
+        schedule=build_schedule(o, t.epochs, steps_per_epoch),
+        only_bn=t.only_bn,
+        init=cfg.model.init,
+        divergence_factor=t.divergence_factor,
+        runtime=runtime,
+        probes=ProbeSpec(
+            bn_stats=p.bn_stats,
+            activations=p.activations,
+            ics=p.ics,
+            landscape=p.landscape,
+            steps=tuple(p.steps),
+            landscape_steps=tuple(p.landscape_steps),
+        ),
+        evals=EvalSpec(
+            batch_size=d.eval_batch_size,
+            train_batch_size=d.batch_size,
+            augment=d.augment,
+            bn_eval_batch_sizes=tuple(p.bn_eval_batch_sizes),
+            bn_modes=p.bn_modes and cfg.norm.kind in BN_MODE_KINDS,
+        ),
+    )
+
+
+def build_schedule(optim: Any, epochs: int, steps_per_epoch: int) -> Schedule:
+    """The schedule's shape from the optim config (``train_spec``'s; tests that build an
+    optimizer from an ``OptimConfig`` alone use it too)."""
+    return Schedule(
+        kind=optim.schedule,
+        total_steps=epochs * steps_per_epoch,
+        warmup_steps=warmup_steps(optim.warmup_epochs, steps_per_epoch),
+        milestones=tuple(optim.milestones),
+        gamma=optim.gamma,
+        peak_at=optim.peak_at,
+    )
 
 
 def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
@@ -89,7 +148,10 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
             channels_last=rt.channels_last,
         )  # fmt: skip
 
-    torch.manual_seed(cfg.train.seed)  # build_model initialises the weights from this seed
+    spec = train_spec(cfg, rt, steps_per_epoch=len(train_loader))
+    loaders = Loaders(train_loader, test_loader, curve_loader, bn_stats_loader)
+
+    torch.manual_seed(spec.seed)  # build_model initialises the weights from this seed
     model = build_model(
         cfg.model, cfg.norm, num_classes=len(data.classes), in_channels=data.train_x.shape[-1]
     )
@@ -120,10 +182,7 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
             sink = make_sink(cfg, run.path, summary["run_id"])
             started = time.perf_counter()
             try:
-                result = fit(
-                    model, train_loader, test_loader, cfg, rt, run, reporter, sink.log_epoch,
-                    bn_stats_loader, curve_loader,
-                )  # fmt: skip
+                result = fit(model, spec, loaders, run, reporter, sink.log_epoch)
             except (KeyboardInterrupt, SystemExit):
                 raise  # interrupted: the checkpoint stays, rerunning resumes
             except BnlabError:
@@ -145,7 +204,7 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
             summary |= {
                 "status": result.status,
                 "epochs": len(rows),
-                "epochs_planned": cfg.train.epochs,
+                "epochs_planned": spec.epochs,
                 "diverged_epoch": result.diverged_epoch,
                 "test_acc": rows[-1]["test_acc"] if rows else None,
                 "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
@@ -157,16 +216,14 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
                 "images_per_s": _mean([r["images_per_s"] for r in rows]),
                 "resumed_from_epoch": result.resumed_from,
             }
-            sizes = list(cfg.probe.bn_eval_batch_sizes)
+            sizes = list(spec.evals.bn_eval_batch_sizes)
             if sizes and result.status == "completed":
                 summary["bn_eval"] = bn_eval(
                     model, data.test_x, data.test_y, sizes, data.mean, data.std, rt,
-                    cfg.train.seed, running_acc=rows[-1]["test_acc"],
+                    spec.seed, running_acc=rows[-1]["test_acc"],
                 )  # fmt: skip
-            if cfg.probe.bn_modes and result.status == "completed":
-                modes = bn_modes(model, data, cfg, rt, running_acc=rows[-1]["test_acc"])
-                if modes is not None:  # None: not a BN model
-                    summary["bn_modes"] = modes
+            if spec.evals.bn_modes and result.status == "completed":
+                summary["bn_modes"] = bn_modes(model, data, spec, rows[-1]["test_acc"])
             run.write_summary(summary)
             sink.finish(summary)
     except RunBusy:

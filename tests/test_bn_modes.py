@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from bnlab.compose import load_config
@@ -20,10 +19,12 @@ from bnlab.config import validate
 from bnlab.data import Dataset, DeviceLoader
 from bnlab.errors import BnlabError
 from bnlab.models.norms import GhostBatchNorm2d
+from bnlab.recipe import train_spec
 from bnlab.store import run_id
 from bnlab.train.bn_modes import PRECISE_BATCHES, SHUFFLES, bn_modes, precise_statistics
 from bnlab.train.probes import batch_stats_accuracy, grouped_pass, statistics_size
 from bnlab.train.runtime import Runtime, resolve_runtime
+from bnlab.train.spec import TrainSpec
 from tests.conftest import run_bnlab
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -159,26 +160,28 @@ def test_precise_bn_with_enough_batches_is_the_dataset_statistics():
 # ----------------------------------------------------------------------------- bn_modes
 
 
-def _setup(ghost: int | None, batch: int) -> tuple[nn.Module, Dataset, Any]:
+def _spec(*overrides: str) -> TrainSpec:
+    """A run's training spec as the recipe builds it (the schedule's length is irrelevant)."""
+    cfg = load_config(["data.eval_batch_size=16", "data.augment=false", "train.seed=0",
+                       "probe.bn_modes=true", *overrides])  # fmt: skip
+    return train_spec(cfg, _rt(), steps_per_epoch=1)
+
+
+def _setup(ghost: int | None, batch: int) -> tuple[nn.Module, Dataset, TrainSpec]:
     train_x, train_y = _images(48, seed=1)
     test_x, test_y = _images(40, seed=2)
     data = Dataset(train_x, train_y, test_x, test_y, tuple("abcdefghij"), "synthetic", MEAN, STD)
-    cfg = OmegaConf.create({
-        "norm": {"kind": "ghost_bn" if ghost else "bn"},
-        "data": {"batch_size": batch, "eval_batch_size": 16, "augment": False},
-        "train": {"seed": 0},
-    })  # fmt: skip
-    return _tiny(ghost), data, cfg
+    norm = ["norm=ghost_bn", f"norm.virtual_batch={ghost}"] if ghost else ["norm=bn"]
+    return _tiny(ghost), data, _spec(*norm, f"data.batch_size={batch}")
 
 
 @pytest.mark.parametrize(("ghost", "batch", "g"), [(None, 8, 8), (2, 8, 2), (4, 16, 4)])
 def test_bn_modes_four_numbers_against_hand_computations(ghost, batch, g):
-    model, data, cfg = _setup(ghost, batch)
-    rt = _rt()
+    model, data, spec = _setup(ghost, batch)
+    rt = spec.runtime
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    got = bn_modes(model, data, cfg, rt, running_acc=0.25, batches=30, shuffles=2)
-    assert got is not None
+    got = bn_modes(model, data, spec, running_acc=0.25, batches=30, shuffles=2)
     # The model (weights, running averages, counters) and the global RNG are untouched.
     assert torch.equal(torch.get_rng_state(), rng)
     for k, v in model.state_dict().items():
@@ -213,10 +216,12 @@ def test_bn_modes_four_numbers_against_hand_computations(ghost, batch, g):
     assert got["precise_acc"] == pytest.approx(expect)
 
 
-def test_bn_modes_skips_models_without_batch_statistics():
-    model, data, cfg = _setup(None, 8)
-    cfg.norm.kind = "gn"
-    assert bn_modes(model, data, cfg, _rt(), running_acc=0.5) is None
+def test_bn_modes_runs_for_norms_with_batch_statistics_only():
+    # The recipe asks for bn_modes when the spec says so: probe.bn_modes on a BN kind.
+    assert _spec("norm=bn").evals.bn_modes and _spec("norm=ghost_bn").evals.bn_modes
+    for kind in ("gn", "none", "batch_renorm", "bn_noisy"):
+        assert not _spec(f"norm={kind}").evals.bn_modes, kind
+    assert not _spec("norm=bn", "probe.bn_modes=false").evals.bn_modes
 
 
 def test_bn_modes_needs_running_averages():

@@ -50,7 +50,7 @@ from bnlab.pack import (
     pack_state,
     unpack_state,
 )
-from bnlab.train.schedule import lr_factor
+from bnlab.recipe import build_schedule
 
 K = 3
 SEEDS = (0, 1, 2)
@@ -135,8 +135,9 @@ def solo_train(
 
 
 def lr_at(optim: OptimConfig, steps: int = STEPS) -> Any:
-    """bnlab.train.fit's lr_at, for a run of ``steps`` steps in one epoch."""
-    return lambda step: optim.lr * lr_factor(step, steps, steps, optim)
+    """The solo run's lr (TrainSpec.lr_at), for a run of ``steps`` steps in one epoch."""
+    schedule = build_schedule(optim, epochs=1, steps_per_epoch=steps)
+    return lambda step: optim.lr * schedule.factor(step)
 
 
 # ----------------------------------------------------------------------------- fixtures

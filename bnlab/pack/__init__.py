@@ -9,9 +9,10 @@ data, precision. The pieces, in the order a caller uses them:
     models = [build each member's solo model after torch.manual_seed(seed_k)]
     gens   = [capture_generator(device) right after each build]   # noisy kinds only
     net    = pack_models(models, gens)                 # model.py (rules: packers.py)
-    opt    = PackSGD.from_solo(net, models, [build_optimizer(m, ...) for m in models])
+    specs  = [each member's TrainSpec (bnlab.train.spec): its own seed, optim, schedule]
+    opt    = PackSGD.from_solo(net, models, [build_optimizer(m, spec.optim, ...) ...])
     guard  = PackDivergence(K, divergence_factor, device)
-    step   = PackTrainer(net, opt, guard, lr_table([lr_at_k ...], total_steps, device))
+    step   = PackTrainer(net, opt, guard, lr_table([s.lr_at for s in specs], total_steps, device))
     for each step: losses = step(*pack_batch([member batches]))    # or GraphedStep
     per epoch: step.stats.means(), guard.active, evaluate_pack(net, test_batches)
     checkpoints: unpack_state(net, k), opt.member_state_dict(k), guard.initial_loss(k)

@@ -285,8 +285,8 @@ def lr_table(
 ) -> torch.Tensor:
     """(steps, K) float64: row t is each member's lr at step t, from its own schedule.
 
-    ``lr_at[k]`` is member k's ``lr_at`` as ``bnlab.train.fit`` defines it (the base lr
-    times ``lr_factor``): the solo schedule's own numbers, not a re-implementation.
+    ``lr_at[k]`` is member k's ``TrainSpec.lr_at`` (``bnlab.train.spec``: the base lr
+    times its schedule's factor): the solo schedule's own numbers, not a re-implementation.
     The table lives on the device so a step reads its row without a host sync.
     """
     rows = [[f(t) for f in lr_at] for t in range(steps)]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bnlab.config import RESIDUAL_INITS
+from bnlab.config import RESIDUAL_INITS, OptimConfig
 from bnlab.norm_kinds import BatchRenormConfig
 from bnlab.store import FINISHED, NON_SCIENCE_KEYS
 
@@ -29,7 +29,7 @@ STANDARD: dict[str, Any] = {
     "model.init_scale": 1.0,
     "data.augment": True,
     "data.batch_size": 128,
-    "optim.lr": 0.1,
+    "optim.lr": OptimConfig.lr,  # the default lr, stated once (bnlab.config)
 }
 # The standard recipe's architecture: the fixed part of claims that vary the data or norm.
 RESNET20 = {

@@ -47,8 +47,11 @@ from bnlab.train.probes import (
     statistics_size,
 )
 from bnlab.train.runtime import Runtime
+from bnlab.train.spec import TrainSpec
 
-BN_MODE_KINDS = ("bn", "ghost_bn")  # norm kinds with batch statistics and nothing else
+# Norm kinds with batch statistics and nothing else: the recipe's train_spec sets
+# spec.evals.bn_modes for these only.
+BN_MODE_KINDS = ("bn", "ghost_bn")
 # fvcore's update_bn_stats uses 200 batches; 100 (plenty for the statistics of a frozen
 # net) halves this probe's cost, which at preset=cpu exceeded the training's.
 PRECISE_BATCHES = 100
@@ -81,32 +84,34 @@ def precise_statistics(
 def bn_modes(
     model: nn.Module,
     data: Dataset,
-    cfg: Any,
-    rt: Runtime,
+    spec: TrainSpec,
     running_acc: float,
     *,
     batches: int = PRECISE_BATCHES,
     shuffles: int = SHUFFLES,
-) -> dict[str, Any] | None:
-    """The four evaluations (module docstring) for summary.json; None if ``cfg.norm``
-    is not a BN kind (BN_MODE_KINDS)."""
-    if cfg.norm.kind not in BN_MODE_KINDS:
-        return None
-    g = statistics_size(model, cfg.data.batch_size)
+) -> dict[str, Any]:
+    """The four evaluations (module docstring) for summary.json.
+
+    For a BN or Ghost BN model (BN_MODE_KINDS): ``spec.evals.bn_modes`` says whether
+    a run's norm is one. The loaders are built from ``data`` as ``spec`` says
+    (``spec.evals``' batch sizes and augmentation, ``spec.seed``'s shuffles).
+    """
+    rt, evals = spec.runtime, spec.evals
+    g = statistics_size(model, evals.train_batch_size)
 
     def loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool) -> DeviceLoader:
         # train=True: shuffled (the test set is stored class by class), last partial dropped.
         return DeviceLoader(
             x, y, batch, train=True, augment=augment, mean=data.mean, std=data.std,
-            device=rt.device, seed=cfg.train.seed, channels_last=rt.channels_last,
+            device=rt.device, seed=spec.seed, channels_last=rt.channels_last,
         )  # fmt: skip
 
     test = DeviceLoader(
-        data.test_x, data.test_y, cfg.data.eval_batch_size, train=False, augment=False,
+        data.test_x, data.test_y, evals.batch_size, train=False, augment=False,
         mean=data.mean, std=data.std, device=rt.device, channels_last=rt.channels_last,
     )  # fmt: skip
     with isolated_rng(rt):
-        train_groups = loader(data.train_x, data.train_y, g, cfg.data.augment)
+        train_groups = loader(data.train_x, data.train_y, g, evals.augment)
         precise = precise_statistics(model, train_groups, batches, rt)
         _, precise_acc = evaluate(precise, test, rt)
         test_groups = loader(data.test_x, data.test_y, g, False)

@@ -1,5 +1,8 @@
 """Epochs, checkpoints and resumption around the hot loop.
 
+``fit`` gets the model, its loaders and a ``TrainSpec`` (``bnlab.train.spec``, built
+once from the config by the recipe): it never sees the config.
+
 The checkpoint is the source of truth: it is written first each epoch (atomic)
 and carries the metric rows so far; metrics.csv is then rewritten from it. A
 run killed between the two is repaired on resume.
@@ -20,9 +23,10 @@ from bnlab.data import DeviceLoader
 from bnlab.models.norms import norm_affine_parameters
 from bnlab.store import RunDir
 from bnlab.train.loop import DivergenceGuard, Reporter, evaluate, train_epoch
-from bnlab.train.probes import EpochProbes, probes_enabled, write_probes
-from bnlab.train.runtime import Runtime, compile_model
-from bnlab.train.schedule import lr_factor
+from bnlab.train.probes import EpochProbes, write_probes
+from bnlab.train.runtime import compile_model
+from bnlab.train.schedule import set_lr
+from bnlab.train.spec import OptimSpec, TrainSpec
 
 
 @dataclass
@@ -34,19 +38,37 @@ class FitResult:
     train_seconds: float  # cumulative over all calls
 
 
+@dataclass(frozen=True)
+class Loaders:
+    """A run's batches: training, the final evaluation, and the optional extras.
+
+    ``curve`` (data.curve_test_size) holds the test images of every epoch's evaluation
+    but the last one (or a diverged one), which always uses the whole ``test``; None:
+    ``test`` every epoch. ``bn_stats`` (shuffled batches at data.batch_size of the
+    curve's images) is needed by probe.bn_stats only.
+    """
+
+    train: DeviceLoader
+    test: DeviceLoader
+    curve: DeviceLoader | None = None
+    bn_stats: DeviceLoader | None = None
+
+
 def build_optimizer(
-    model: nn.Module, optim: Any, only_bn: bool = False, init: str = "kaiming"
+    model: nn.Module, optim: OptimSpec, only_bn: bool = False, init: str = "kaiming"
 ) -> torch.optim.Optimizer:
-    """SGD over every parameter, or (``train.only_bn``) only the norm layers' gamma/beta.
+    """SGD over every parameter, or (``only_bn``) only the norm layers' gamma/beta, at
+    the base lr ``optim.lr``.
 
     He et al. apply weight decay to every parameter, BN's gamma/beta included.
     With only_bn (Frankle et al. 2020) the other parameters stay at their
     initial values simply because no optimizer updates them.
 
-    Each param group carries ``lr_scale``: the training loop sets its lr to the
-    schedule's lr times that. It is 1, except with ``init="fixup"`` for the scalar
-    biases and multipliers and the head's bias (every parameter named ``*bias*`` or
-    ``scale``, as Zhang et al.'s reference code selects them): ``optim.fixup_scalar_lr``.
+    Each param group carries ``lr_scale``, its lr relative to the schedule's
+    (``bnlab.train.schedule.set_lr``, which the loop calls before every step). It is
+    1, except with ``init="fixup"`` for the scalar biases and multipliers and the
+    head's bias (every parameter named ``*bias*`` or ``scale``, as Zhang et al.'s
+    reference code selects them): ``optim.fixup_scalar_lr``.
     """
     params = norm_affine_parameters(model) if only_bn else list(model.parameters())
     if not params:
@@ -61,56 +83,46 @@ def build_optimizer(
             {"params": [p for p in params if id(p) not in ids], "lr_scale": 1.0},
             {"params": scalars, "lr_scale": float(optim.fixup_scalar_lr)},
         ]
-    return torch.optim.SGD(
+    optimizer = torch.optim.SGD(
         groups,
         lr=optim.lr,
         momentum=optim.momentum,
         nesterov=optim.nesterov,
         weight_decay=optim.weight_decay,
     )
+    set_lr(optimizer, optim.lr)  # each group at its own scale of the base lr
+    return optimizer
 
 
 def fit(
     model: nn.Module,
-    train_loader: DeviceLoader,
-    test_loader: DeviceLoader,
-    cfg: Any,
-    rt: Runtime,
+    spec: TrainSpec,
+    loaders: Loaders,
     run: RunDir,
     reporter: Reporter,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-    bn_stats_loader: DeviceLoader | None = None,
-    curve_loader: DeviceLoader | None = None,
 ) -> FitResult:
-    """Train to cfg.train.epochs (or divergence), resuming from the run's checkpoint.
+    """Train to spec.epochs (or divergence), resuming from the run's checkpoint.
 
     `on_epoch` receives each new metrics row after it is safely on disk (e.g. a
-    wandb sink); rows from before a resume are not sent again. `bn_stats_loader`
-    (shuffled batches at data.batch_size of the curve's test images) is needed by
-    probe.bn_stats only. `curve_loader` (data.curve_test_size) holds the test images
-    of every epoch's evaluation but the last one (or a diverged one), which always
-    uses the whole `test_loader`; each row's `test_images` says which it was.
+    wandb sink); rows from before a resume are not sent again. Each row's
+    `test_images` says which test images it was evaluated on (``Loaders``).
     """
-    epochs = cfg.train.epochs
-    # getattr: configs saved before train.only_bn existed lack the key.
-    optimizer = build_optimizer(
-        model, cfg.optim, getattr(cfg.train, "only_bn", False), cfg.model.init
-    )
-    steps_per_epoch = len(train_loader)
-    total_steps = epochs * steps_per_epoch
-
-    def lr_at(step: int) -> float:
-        return cfg.optim.lr * lr_factor(step, total_steps, steps_per_epoch, cfg.optim)
-
-    guard = DivergenceGuard(cfg.train.divergence_factor)
+    if len(loaders.train) != spec.steps_per_epoch:
+        raise ValueError(
+            f"the training loader has {len(loaders.train)} batches an epoch, "
+            f"the spec's schedule {spec.steps_per_epoch}"
+        )
+    rt, epochs, steps_per_epoch = spec.runtime, spec.epochs, spec.steps_per_epoch
+    optimizer = build_optimizer(model, spec.optim, spec.only_bn, spec.init)
+    guard = DivergenceGuard(spec.divergence_factor)
     probes: EpochProbes | None = None
-    # getattr: configs saved before the probe keys existed lack them.
-    if probes_enabled(getattr(cfg, "probe", None)):
+    if spec.probes.enabled:
         trained_ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
         trained = {n for n, p in model.named_parameters() if id(p) in trained_ids}
         # Epoch 0's first batch: fixed (the loader is deterministic) and a real training input.
-        fixed = next(iter(train_loader.epoch(0))) if cfg.probe.activations else None
-        probes = EpochProbes(cfg.probe, model, rt, trained, fixed, bn_stats_loader)
+        fixed = next(iter(loaders.train.epoch(0))) if spec.probes.activations else None
+        probes = EpochProbes(spec.probes, model, rt, trained, fixed, loaders.bn_stats)
     rows: list[dict[str, float]] = []
     start_epoch, step, elapsed = 0, 0, 0.0
     diverged_epoch: int | None = None
@@ -126,13 +138,14 @@ def fit(
         elapsed, diverged_epoch = state["elapsed_s"], state["diverged_epoch"]
         run.write_metrics(rows)  # repair a CSV that lagged the checkpoint
         if probes is not None:
+            # get: a checkpoint written before the probes existed has no probe rows.
             probes.rows = state.get("probe_rows", [])
             write_probes(run.path, probes.rows)  # likewise
     elif probes is not None:
         probes.at_init()
     resumed_from = start_epoch
 
-    forward = compile_model(model, rt, lambda: next(iter(train_loader.epoch(0))))
+    forward = compile_model(model, rt, lambda: next(iter(loaders.train.epoch(0))))
     # A run killed right after checkpointing its diverged epoch is already over.
     first_epoch = epochs if diverged_epoch is not None else start_epoch
     for epoch in range(first_epoch, epochs):
@@ -141,18 +154,19 @@ def fit(
         # The probes label their rows with the (1-based) epoch being trained.
         before_step = partial(probes.before_step, epoch + 1) if probes is not None else None
         stats = train_epoch(
-            forward, train_loader, epoch, optimizer, lr_at, step, rt, guard, reporter, before_step
-        )
+            forward, loaders.train, epoch, optimizer, spec.lr_at, step, rt, guard, reporter,
+            before_step,
+        )  # fmt: skip
         step += stats.steps
-        curve = curve_loader if curve_loader is not None else test_loader
+        curve = loaders.curve if loaders.curve is not None else loaders.test
         # The run's last row is its result (summary.json's test_acc): the whole test set.
         last = epoch + 1 == epochs or stats.diverged
-        eval_loader = test_loader if last else curve
+        eval_loader = loaders.test if last else curve
         test_loss, test_acc = evaluate(forward, eval_loader, rt)
         if probes is not None:
             # bn_stats compares with batch statistics on the curve's images: its
             # running-statistics accuracy must be on those same images.
-            same = eval_loader is curve or not cfg.probe.bn_stats
+            same = eval_loader is curve or not spec.probes.bn_stats
             running_acc = test_acc if same else evaluate(forward, curve, rt)[1]
             probes.end_epoch(epoch + 1, step, running_acc)
         elapsed += stats.seconds

@@ -1,8 +1,8 @@
 """The hot loop: one epoch of SGD, and evaluation. Nothing here knows files or the CLI.
 
 Kept direct on purpose (in the spirit of airbench): batches are already on the
-device, the lr is set per step from a pure schedule function, and the only
-host syncs are the divergence checks.
+device, the schedule (a pure function of the step) sets the optimizer's lr before
+each step, and the only host syncs are the divergence checks.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 
 from bnlab.data import DeviceLoader
 from bnlab.train.runtime import Runtime
+from bnlab.train.schedule import set_lr
 
 
 class Reporter(Protocol):
@@ -85,8 +86,10 @@ def train_epoch(
 ) -> EpochStats:
     """One pass over the training loader; stops early on a non-finite loss.
 
-    `before_step(step, x, y, lr)` (probes) sees each batch before its update; it
-    must not change the model, the optimizer or the RNG.
+    `lr_at(step)` is the schedule (``TrainSpec.lr_at``): before each step every param
+    group's lr is set to it x the group's lr_scale (``set_lr``). `before_step(step, x,
+    y, lr)` (probes) sees each batch before its update; it must not change the model,
+    the optimizer or the RNG.
     """
     model.train()
     # Per-step host syncs are free on CPU; on a GPU check every few steps only.
@@ -97,8 +100,7 @@ def train_epoch(
     start = time.perf_counter()
     for i, (x, y) in enumerate(loader.epoch(epoch)):
         lr = lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(optimizer, lr)
         if before_step is not None:
             before_step(step, x, y, lr)
         with rt.autocast():

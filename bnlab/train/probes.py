@@ -19,6 +19,7 @@ from bnlab.data import DeviceLoader
 from bnlab.models.norms import GhostBatchNorm2d, group_batch_norm
 from bnlab.store import PROBE_COLUMNS, PROBES_FILE, atomic_write_text
 from bnlab.train.runtime import Runtime
+from bnlab.train.spec import ProbeSpec
 
 # ----------------------------------------------------------------------------- batch statistics
 #
@@ -188,12 +189,6 @@ ProbeRow = dict[str, Any]
 # loss (bnlab.train.loop): cross-entropy on the float32 logits. Tests pass another
 # (e.g. a quadratic loss on a linear model, whose landscape is known in closed form).
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def probes_enabled(probe_cfg: Any) -> bool:
-    return any(
-        getattr(probe_cfg, k, False) for k in ("bn_stats", "activations", "ics", "landscape")
-    )
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -419,7 +414,7 @@ def landscape(
 
 
 class EpochProbes:
-    """The probes switched on in ``cfg.probe``, with the rows they have produced.
+    """The probes switched on in ``spec`` (probe.* in the config), with the rows they produced.
 
     `rows` is checkpointed by fit() beside the metric rows, so a resumed run
     continues the same list (and a killed epoch's rows are dropped with it).
@@ -427,20 +422,20 @@ class EpochProbes:
 
     def __init__(
         self,
-        probe_cfg: Any,
+        spec: ProbeSpec,
         model: nn.Module,
         rt: Runtime,
         trained: set[str],
         fixed_batch: tuple[torch.Tensor, torch.Tensor] | None,
         bn_loader: DeviceLoader | None,
     ) -> None:
-        self.cfg = probe_cfg
+        self.spec = spec
         self.model = model
         self.rt = rt
         self.trained = trained
         self.fixed_batch = fixed_batch
         self.bn_loader = bn_loader
-        self.steps = set(probe_cfg.steps)
+        self.steps = set(spec.steps)
         self.rows: list[ProbeRow] = []
 
     def _add(self, epoch: int, step: int, probe: str, values: list[tuple[str, str, float]]) -> None:
@@ -452,7 +447,7 @@ class EpochProbes:
 
     def at_init(self) -> None:
         """Before the first step of a fresh run (epoch 0, step 0)."""
-        if self.cfg.activations:
+        if self.spec.activations:
             self._activations(0, 0)
 
     def _activations(self, epoch: int, step: int) -> None:
@@ -466,16 +461,16 @@ class EpochProbes:
         """On the batch of global step `step`, before the real update (weights as it sees them)."""
         if step not in self.steps:
             return
-        if self.cfg.ics:
+        if self.spec.ics:
             self._add(epoch, step, "ics", ics(self.model, x, y, lr, self.trained, self.rt))
-        if self.cfg.landscape:
+        if self.spec.landscape:
             values = landscape(
-                self.model, x, y, lr, list(self.cfg.landscape_steps), self.trained, self.rt
+                self.model, x, y, lr, list(self.spec.landscape_steps), self.trained, self.rt
             )
             self._add(epoch, step, "landscape", values)
 
     def end_epoch(self, epoch: int, step: int, running_acc: float) -> None:
-        if self.cfg.bn_stats:
+        if self.spec.bn_stats:
             assert self.bn_loader is not None
             with isolated_rng(self.rt):
                 batch_acc = batch_stats_accuracy(self.model, self.bn_loader, self.rt)
@@ -486,5 +481,5 @@ class EpochProbes:
                 ("all", "gap", running_acc - batch_acc),
             ]
             self._add(epoch, step, "bn_stats", values)
-        if self.cfg.activations:
+        if self.spec.activations:
             self._activations(epoch, step)

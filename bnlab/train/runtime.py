@@ -12,7 +12,7 @@ import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +74,22 @@ def check_device(device: str) -> None:
         raise BnlabError("train.device=cuda but no CUDA device is available (try train.device=cpu)")
 
 
-def resolve_runtime(train: Any) -> Runtime:
-    """Turn train.device/precision/channels_last/compile/threads into concrete choices."""
+class RuntimeRequest(Protocol):
+    """What a run asks for; the train config's keys of the same names (cfg.train) are one."""
+
+    device: str  # auto | cpu | cuda
+    precision: str  # auto | fp32 | bf16
+    channels_last: bool
+    compile: Any  # False | True | CUDA_GRAPHS
+    threads: int | None  # CPU intra-op threads; None: torch's default
+
+
+def resolve_runtime(train: RuntimeRequest) -> Runtime:
+    """Turn the requested device/precision/channels_last/compile/threads into concrete choices.
+
+    Called once per run, by the recipe, before anything is put on a device; the
+    result travels in the training spec (``TrainSpec.runtime``).
+    """
     check_device(train.device)
     use_cuda = train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
