@@ -12,7 +12,11 @@
 #                   and fp32 channels_last eager
 #                   (the bench step also prints a torch.profiler summary of 50 bf16 eager
 #                   steps into check.log: kernel launches per step, the GPU's busy share)
-#   scaling.json    the same with 1, 2, 4, 8 training processes sharing the GPU
+#   pack.json       scripts/bench_pack.py: K = 1, 16, 32, 64 ResNet-20s trained as one
+#                   module (bnlab.pack), batch 128 and 2 per run, bf16 channels_last,
+#                   eager and the whole step in one CUDA graph, against the solo step
+#   (scaling.json   with --steps ...,scaling,...: 1, 2, 4, 8 training processes sharing
+#                   the GPU; not by default, and not with pack: 8 files at most)
 #   runs.tar.gz     the run store without checkpoints (config, metrics, summary, probes)
 #   resume.tar.gz   checkpoints of the unfinished runs, at most 15 MiB (the next slot
 #                   resumes them; ones that do not fit restart from scratch)
@@ -30,13 +34,13 @@
 #
 # Options: --smoke (CPU, preset=smoke, tiny benchmarks); --no-install (use $PYTHON's
 # own packages, no wheelhouse); --minutes M; --n-jobs N (runs sharing the GPU in the
-# sweep, default 4); --runs DIR; --steps LIST (of tests,bench,scaling,sweep,report).
+# sweep, default 4); --runs DIR; --steps LIST (of tests,bench,pack,scaling,sweep,report).
 # $PYTHON picks the interpreter (default python3: the device's, with its CUDA torch).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-SMOKE=0 INSTALL=1 MINUTES=9 NJOBS=4 RUNS="" STEPS="tests,bench,scaling,sweep,report" OUT=""
+SMOKE=0 INSTALL=1 MINUTES=9 NJOBS=4 RUNS="" STEPS="tests,bench,pack,sweep,report" OUT=""
 RESERVE_S=60    # kept back from the sweep for the report and the files
 RESUME_CAP=$((15 * 1024 * 1024))
 
@@ -60,9 +64,11 @@ done
     die "--minutes must be a positive number, got '$MINUTES'"
 [[ "$NJOBS" =~ ^[1-9][0-9]*$ ]] || die "--n-jobs must be a positive integer, got '$NJOBS'"
 for step in ${STEPS//,/ }; do
-    [[ " tests bench scaling sweep report " == *" $step "* ]] ||
-        die "unknown step '$step' in --steps (tests, bench, scaling, sweep, report)"
+    [[ " tests bench pack scaling sweep report " == *" $step "* ]] ||
+        die "unknown step '$step' in --steps (tests, bench, pack, scaling, sweep, report)"
 done
+[[ ",$STEPS," == *",pack,"* && ",$STEPS," == *",scaling,"* ]] &&
+    die "--steps: pack or scaling, not both (OUT_DIR holds at most 8 files)"
 mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || die "cannot write to OUT_DIR '$OUT'"
 [ -z "$(ls -A "$OUT")" ] || die "OUT_DIR '$OUT' is not empty (it receives at most 8 new files)"
 OUT="$(cd "$OUT" && pwd)"
@@ -158,6 +164,7 @@ if [ "$SMOKE" = 1 ]; then
     BENCH512=(--train-size 1024 --steps 1 --repeats 1 --workers 0 --variants fp32-cl-eager)
     PROFILE=(--train-size 512 --steps 2 --top 3)
     SCALING=(--train-size 512 --steps 2 --scaling 1,2)
+    PACK=(--ks 1,2 --batches 2 --formats cl --images 16 --steps 2 --repeats 1)
     # Four 1-epoch runs (lr 50 diverges) through the same launcher, then their report.
     SWEEP=(preset=smoke "norm=bn,none" "optim.lr=0.05,50" train.epochs=1)
     NJOBS=2
@@ -167,6 +174,10 @@ else
               --steps 50 --repeats 3 --workers 8)
     PROFILE=(--variants bf16-cl-eager --steps 50)
     SCALING=(--steps 200 --scaling 1,2,4,8)
+    # The packed-runs targets (>= 150k img/s at batch 128 over a pack, >= 45k solo as one
+    # graph, >= 30k at batch 2): a few seconds a configuration.
+    PACK=(--device cuda --precision bf16 --graph --ks 1,16,32,64 --batches 128,2 --formats cl
+          --images 100000 --steps 30 --repeats 2)
     SWEEP=(experiment=all preset=gpu)
 fi
 if wants tests; then
@@ -177,6 +188,9 @@ if wants bench; then
     run_step bench512 120 "$PYTHON" scripts/bench_throughput.py --batch 512 "${BENCH512[@]}" \
         --out "$OUT/bench512.json"
     run_step profile 60 "$PYTHON" scripts/bench_throughput.py --profile "${PROFILE[@]}"
+fi
+if wants pack; then
+    run_step pack 150 "$PYTHON" scripts/bench_pack.py "${PACK[@]}" --out "$OUT/pack.json"
 fi
 if wants scaling; then
     run_step scaling 120 "$PYTHON" scripts/bench_throughput.py "${SCALING[@]}" \

@@ -121,3 +121,61 @@ def test_bf16_divergence_is_detected(tmp_path):
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_epoch"] == 1
     assert "bf16" in summary["device"]
+
+
+# ----------------------------------------------------------------------------- packs
+
+
+def _cuda_pack(k: int, steps: int):  # -> PackTrainer
+    """K ResNet-8 members (width 8, BN) on the GPU, each from its own seed, SGD with
+    momentum and weight decay at a per-member lr (bnlab.pack, as scripts/bench_pack.py)."""
+    from bnlab.config import OptimConfig
+    from bnlab.pack import PackDivergence, PackSGD, PackTrainer, lr_table, pack_models
+    from bnlab.train.fit import build_optimizer
+
+    device = torch.device("cuda")
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(build_model(ModelConfig(depth=8, width=8), BatchNormConfig()).to(device))
+    net = pack_models(models)
+    optim = OptimConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = PackSGD.from_solo(net, models, [build_optimizer(m, optim) for m in models])
+    rates = [lambda step, i=i: 0.05 * (i + 1) for i in range(k)]
+    return PackTrainer(net, opt, PackDivergence(k, 10.0, device), lr_table(rates, steps, device))
+
+
+def test_a_pack_step_in_one_cuda_graph_equals_the_eager_step():
+    """bnlab.pack.graph.GraphedStep (written on a CPU-only machine): replaying the captured
+    step trains every member as the eager step does -- parameters, running statistics
+    and losses within fp32 rounding (cuDNN may pick other kernels), over 5 steps."""
+    from bnlab.pack import pack_batch, unpack_state
+    from bnlab.pack.graph import GraphedStep
+
+    k, steps = 4, 5
+    gen = torch.Generator().manual_seed(0)
+    data = [
+        pack_batch(
+            [
+                (
+                    torch.randn(16, 3, 32, 32, generator=gen),
+                    torch.randint(0, 10, (16,), generator=gen),
+                )
+                for _ in range(k)
+            ]
+        )
+        for _ in range(steps)
+    ]
+    data = [(x.cuda(), y.cuda()) for x, y in data]
+    eager, graphed = _cuda_pack(k, steps), _cuda_pack(k, steps)
+    eager.net.train()
+    graphed.net.train()
+    step = GraphedStep(graphed, *data[0])
+    for x, y in data:
+        want = eager(x, y).clone()
+        got = step(x, y).clone()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for i in range(k):
+        a, b = unpack_state(eager.net, i), unpack_state(graphed.net, i)
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -36,12 +36,12 @@ def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = {p.name for p in out.iterdir()}
     assert len(files) <= 8 and all(p.is_file() for p in out.iterdir())
-    assert {"status.json", "check.log", "bench.json", "scaling.json"} <= files
+    assert {"status.json", "check.log", "bench.json", "pack.json"} <= files
     assert {"runs.tar.gz", "report.tar.gz"} <= files
 
     status = json.loads((out / "status.json").read_text())
     assert status["smoke"] is True and status["device"]["device"] == "cpu"
-    steps = ["tests", "bench", "bench512", "profile", "scaling", "sweep", "report"]
+    steps = ["tests", "bench", "bench512", "profile", "pack", "sweep", "report"]
     assert list(status["steps"]) == steps
     assert all(s["outcome"] == "ok" for s in status["steps"].values()), status["steps"]
     # bn and none at lr 0.05 and 50: all four finish, lr 50 diverges.
@@ -52,8 +52,8 @@ def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
     (variant,) = bench["variants"]
     assert variant["variant"] == "fp32-cl-eager" and variant["a_bnlab_images_per_s"] > 0
     assert json.loads((out / "bench512.json").read_text())["batch"] == 512
-    scaling = json.loads((out / "scaling.json").read_text())
-    assert [row["jobs"] for row in scaling["scaling"]] == [1, 2]
+    pack = json.loads((out / "pack.json").read_text())
+    assert {(row["mode"], row["k"]) for row in pack} >= {("solo", 1), ("eager", 1), ("eager", 2)}
 
     with tarfile.open(out / "runs.tar.gz") as tar:
         names = tar.getnames()
