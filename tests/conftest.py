@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,15 @@ def run_bnlab(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedPro
 def runs(tmp_path: Path) -> Path:
     """A runs folder that does not exist yet (so tests can check nothing was created)."""
     return tmp_path / "runs"
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: with tiny tensors a second thread only adds
+    contention on a shared 2-core machine."""
+    import torch  # only the tests that ask for it load torch through conftest
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
