@@ -202,9 +202,15 @@ def build_model(
     norm kind's layer reparametrisation (``weight_norm``) comes after the
     initialisation, so it starts from the same function. ``image_size`` (H, W):
     the sequence models' steps and features per step (None: ``IMAGE_SIZES`` by
-    ``in_channels``); the conv nets take any size.
+    ``in_channels``); the conv nets take any size. ``model.dropout`` (the ResNet's,
+    before its classifier; a stored config from before the key: 0) must be 0 for the
+    sequence models, which have no dropout layer.
     """
+    # getattr: a run's config.yaml stored before model.dropout existed has no such key.
+    dropout = float(getattr(model, "dropout", 0.0) or 0.0)
     if model.arch in FAMILY and model.arch != "resnet":
+        if dropout:
+            raise ValueError(f"model.dropout={dropout}: model.arch={model.arch} has no dropout")
         return _sequence_model(model, norm, num_classes, in_channels, image_size)
     if model.arch != "resnet":
         raise ValueError(f"unknown model.arch {model.arch!r}; known: {', '.join(FAMILY)}")
@@ -220,6 +226,7 @@ def build_model(
         init=model.init,
         init_scale=model.init_scale,
         wrap_layer=factory.wrap,
+        dropout=dropout,
     )
 
 

@@ -61,6 +61,10 @@ class ModelConfig:
     # fixup/skipinit need residual=true and a norm kind without normalisation (none, none_noisy)
     init: str = "kaiming"
     init_scale: float = 1.0  # multiplies every conv/linear weight after init
+    # Dropout probability on the pooled features, right before the classifier fc (after
+    # Fixup's head bias); in [0, 1). 0: no dropout layer at all (the net of before the
+    # key). Only resnet has it: the sequence models keep it at 0 (validate()).
+    dropout: float = 0.0
     # What this code builds for a config, bumped when that changes with no other key
     # changing, so the run id (a hash of the config) changes too. 1: runs stored before
     # the key existed. 2: Fixup as in Zhang et al.'s reference code (no conv biases,
@@ -75,7 +79,8 @@ class ModelConfig:
 # family reads is an unknown key in the others, and ModelConfig -- hence the run id of
 # every ResNet run -- is unchanged. They reuse ModelConfig's keys where the meaning
 # carries over (depth: stacked layers, width: hidden units) and keep the rest at
-# values validate() pins (residual, init), so every consumer of cfg.model reads them.
+# values validate() pins (residual, init, dropout), so every consumer of cfg.model
+# reads them.
 
 
 @dataclass
@@ -341,6 +346,10 @@ def _validate_sequence_model(cfg: Any) -> None:
     _check_schema(m)
     _positive("model.depth", m.depth)
     _check(m.residual, f"model.residual=false: only resnet has a plain twin, not {m.arch}")
+    _check(
+        m.dropout == 0,
+        f"model.dropout={m.dropout}: only resnet has a dropout layer, not {m.arch}",
+    )
     want = MODEL_SCHEMAS[m.arch].init  # the one scheme each sequence model implements
     _check(
         m.init == want,
@@ -405,6 +414,7 @@ def validate(cfg: Any) -> None:
     _positive("model.width", m.width)
     _one_of("model.init", m.init, INITS)
     _positive("model.init_scale", m.init_scale)
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be a probability in [0, 1)")
     _check(
         m.revision == MODEL_REVISION,
         f"model.revision={m.revision}: this bnlab builds revision {MODEL_REVISION} only "

@@ -76,6 +76,8 @@ IDENTITY_NEUTRAL = {
     # accepts only the current revision, so its value (2) is always hashed: what
     # revision 2 builds never shares an id with a revision-1 run.
     "model.revision": 1,
+    # 0: no dropout layer, the net every run before the key trained (bnlab.models.resnet).
+    "model.dropout": 0.0,
 }
 
 # probes.csv, written by bnlab.train.probes in long format (one row per measurement).

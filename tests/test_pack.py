@@ -537,3 +537,22 @@ def test_packing_leaves_the_global_rng_alone() -> None:
     net = pack_models(models)
     assert torch.equal(torch.get_rng_state(), state)
     assert isinstance(net, PackedNet) and net.k == K
+
+
+def test_dropout_members_are_refused_with_the_reason() -> None:
+    # model.dropout > 0: torch's dropout kernel draws its masks from the device's global
+    # generator (on CUDA with no generator argument at all), so no member could draw
+    # its solo run's masks; such runs train solo.
+    norm, _ = CASES["bn"]
+    models = [build(ModelConfig(depth=8, width=4, dropout=0.2), norm) for _ in range(2)]
+    with pytest.raises(PackError, match=r"^dropout: .*Dropout.* solo run.*dropout > 0 solo$"):
+        pack_models(models)
+    # At 0 the model has no dropout module: it packs as before the switch.
+    plain = [build(ModelConfig(depth=8, width=4, dropout=0.0), norm) for _ in range(2)]
+    assert pack_models(plain).k == 2
+    # The refusal is not advertised as a known rule when another module lacks one.
+    for m in models:
+        m.dropout = nn.Dropout2d(0.2)
+    with pytest.raises(PackError, match="no packing rule for .*Dropout2d") as err:
+        pack_models(models)
+    assert "Dropout," not in str(err.value) and "Dropout." not in str(err.value)

@@ -7,6 +7,12 @@ head ``fc``. Shortcuts are option A (identity, or subsample + zero-pad), so
 ``residual=False`` gives a plain network with exactly the same parameters.
 Adaptive pooling lets the same network take 28x28x1 (Fashion-MNIST) input.
 
+``dropout`` > 0 (``model.dropout``) puts an ``nn.Dropout`` of that probability on
+the pooled features, right before ``fc`` (after Fixup's head bias); eval mode turns
+it off. At 0 (the default) there is no such module at all, so the module tree, the
+state dict and every output are those of a net built before the switch existed.
+Dropout has no parameters: the counts below hold either way.
+
 Trainable parameters with BatchNorm (affine), width 16, 10 classes -- the
 paper's and akamaster/pytorch_resnet_cifar10's numbers, checked in
 tests/test_models.py:
@@ -42,7 +48,8 @@ equal those of the reference's ``fixup_resnet20`` ... ``fixup_resnet110``:
 
 Names are stable for probes and conv+norm folding: the stem is ``conv1``,
 ``norm1``, ``relu1``; every block has ``conv1``, ``norm1``, ``relu1``,
-``conv2``, ``norm2``, ``relu2`` and ``shortcut``.
+``conv2``, ``norm2``, ``relu2`` and ``shortcut``; the head's dropout (only when
+``dropout`` > 0) is ``dropout``.
 
 ``cifar_resnet`` builds and initialises one from plain values (a ``norm_layer``
 factory, the conv-bias rule, depth, width, init, ...); the config never reaches
@@ -83,11 +90,14 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         branch_scalars: str | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         n = blocks_per_stage(depth)
         if width < 1:
             raise ValueError(f"ResNet width {width} must be a positive number of channels")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"ResNet dropout {dropout} must be a probability in [0, 1)")
         self.depth = depth
         self.residual = residual
 
@@ -105,6 +115,8 @@ class CifarResNet(nn.Module):
         self.layer2 = _stage(block, width, 2 * width, n, 2)
         self.layer3 = _stage(block, 2 * width, 4 * width, n, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        # Only when on: at 0 the tree (hence checkpoints, packs, probes) is unchanged.
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.fc = nn.Linear(4 * width, num_classes)
         # Fixup's scalar biases outside the blocks: before the stem's ReLU and before the head.
         self.fixup = branch_scalars == "fixup"
@@ -120,6 +132,8 @@ class CifarResNet(nn.Module):
         features = torch.flatten(self.pool(out), 1)
         if self.fixup:
             features = features + self.head_bias
+        if self.dropout is not None:
+            features = self.dropout(features)
         return self.fc(features)
 
 
@@ -148,7 +162,7 @@ def cifar_resnet(
     """A ``CifarResNet`` initialised with ``init`` x ``init_scale``.
 
     ``arch``: the rest of ``CifarResNet``'s arguments (conv_bias, width, residual,
-    num_classes, in_channels). Initialisation draws from torch's global RNG, so seed
+    num_classes, in_channels, dropout). Initialisation draws from torch's global RNG, so seed
     before calling. The residual inits (fixup, skipinit) build their branch scalars
     into the blocks. ``wrap_layer`` (a reparametrisation such as ``weight_norm``) is
     applied to every conv/linear *after* the initialisation, so it starts from the

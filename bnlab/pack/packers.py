@@ -82,7 +82,7 @@ def _pack(mods: list[nn.Module], ctx: _Context) -> nn.Module:
             )
     packer = PACKERS.get(solo_type)
     if packer is None:
-        known = ", ".join(sorted(t.__name__ for t in PACKERS))
+        known = ", ".join(sorted(t.__name__ for t, f in PACKERS.items() if f is not _dropout))
         raise PackError(
             f"{ctx.where()}: no packing rule for {solo_type.__module__}.{solo_type.__name__}; "
             f"known types: {known}. Add a packer to bnlab.pack.packers.PACKERS (and a "
@@ -252,6 +252,16 @@ def _noise(mods: list[nn.Module], ctx: _Context) -> nn.Module:
     return PackedActivationNoise(mods, ctx.generators)
 
 
+def _dropout(mods: list[nn.Module], ctx: _Context) -> nn.Module:
+    """Refused, with the reason: no member could draw its solo run's dropout masks."""
+    raise PackError(
+        f"{ctx.where()}: no packing rule for torch.nn.Dropout, on purpose: its masks are "
+        "drawn inside torch's dropout kernel from the device's global generator (on CUDA "
+        "a fused Philox kernel that takes no generator), so a pack member cannot draw "
+        "the masks of its solo run; train runs with model.dropout > 0 solo"
+    )
+
+
 def _pad_shortcut(mods: list[nn.Module], ctx: _Context) -> nn.Module:
     s = mods[0]
     assert isinstance(s, PadShortcut)
@@ -323,6 +333,7 @@ PACKERS: dict[type[nn.Module], Packer] = {
     nn.GroupNorm: _group_norm,
     ActivationNoise: _noise,
     PadShortcut: _pad_shortcut,
+    nn.Dropout: _dropout,  # refused: model.dropout > 0 trains solo (see _dropout)
     nn.Identity: _stateless,
     nn.ReLU: _stateless,
     nn.AdaptiveAvgPool2d: _stateless,
