@@ -1,9 +1,11 @@
 """The report's registry: sections and figures declared once, rules that survive -OO,
-and the committed CPU report reproduced byte for byte from its committed runs."""
+the committed CPU report reproduced byte for byte from its committed runs, and the
+earlier rule versions kept exactly while a committed report shows them."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from bnlab.report import build_report
 from bnlab.report.core import (
     FIGURES,
     SECTIONS,
+    SUPERSEDED,
     SUPPORTED,
     Finding,
     Rule,
@@ -31,6 +34,7 @@ from tests.report_synth import make_run
 COMMITTED_RUNS = Path("results/cpu/runs")
 COMMITTED = REPO / "results" / "cpu"
 COMPARED = ("report.md", "runs.csv", "epochs.csv")
+COMMITTED_REPORTS = sorted((REPO / "results").glob("*/report.md"))
 
 
 def _assert_same_as_committed(out: Path) -> None:
@@ -115,3 +119,38 @@ def test_verdict_table_follows_registry_order():
     empty = RunTables(runs=pd.DataFrame(), epochs=pd.DataFrame())
     assert list(SECTIONS)[:3] == ["lr", "depth", "convergence"]
     assert callable(SECTIONS["lr"]) and empty.warnings == []
+
+
+def _versions_shown(report: Path) -> dict[str, tuple[int, set[int]]]:
+    """Per section of a report.md: the rule version that judged it, and the earlier
+    versions it shows beside."""
+    key_of = {s.title: key for key, s in SECTIONS.items()}
+    shown: dict[str, tuple[int, set[int]]] = {}
+    key = ""
+    for line in report.read_text().splitlines():
+        if m := re.match(r"## \d+\. (.*): [A-Z ]+$", line):
+            key = key_of[m.group(1)]
+        elif m := re.match(r"\*\*Rule \(v(\d+)\)\.\*\*", line):
+            shown[key] = (int(m.group(1)), set())
+        elif m := re.match(r"\*\*Earlier rule v(\d+)\*\* \(on these runs: ", line):
+            shown[key][1].add(int(m.group(1)))
+    return shown
+
+
+def test_earlier_rule_versions_stay_exactly_while_a_committed_report_shows_them():
+    # Issue 27: an earlier version stays only while committed results are judged by it;
+    # once they are regenerated without it, it is deleted (git keeps it). Each committed
+    # report also names the version that judged it: the one the code has now.
+    assert len(COMMITTED_REPORTS) >= 2
+    shown: set[tuple[str, int]] = set()
+    for report in COMMITTED_REPORTS:
+        versions = _versions_shown(report)
+        assert versions, report
+        for key, (current, earlier) in versions.items():
+            assert current == SECTIONS[key].rule.version, f"{report}: {key} judged by v{current}"
+            shown |= {(key, v) for v in earlier}
+    kept = {(key, old.rule.version) for key, olds in SUPERSEDED.items() for old in olds}
+    assert kept == shown, (
+        f"kept but shown by no committed report: {sorted(kept - shown)}; "
+        f"shown but not kept: {sorted(shown - kept)}"
+    )

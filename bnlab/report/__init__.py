@@ -2,6 +2,8 @@
 
 core.py     verdicts, Rule (versioned), Verdict rows, Finding -> ClaimResult, the
             registry of sections, superseded rule versions and figures
+keys.py     the tables' column names, once: config keys read off the schema
+            (K.optim.lr == "optim.lr"), summary/metrics fields as the store writes them
 load.py     runs folder -> RunTables (one row per run, one per epoch, probes, warnings)
 select.py   which runs a section compares (config values, one setting), arm labels
 arms.py     BN and the no-BN arms it is compared with; selecting and measuring them
@@ -12,8 +14,8 @@ claims.py   the seven claims and the norms table, one registered function each
 mechanisms.py  the same for why BN helps: ICS, landscape, small-batch alternatives, why
             BN degrades at small batch, depth without BN
 probe_maths.py  per-run quantities from probes.csv (distribution shift, ICS, landscape)
-superseded.py   the earlier rule versions, still decided and shown beside (stats.py is
-            their noise rule)
+superseded.py   the earlier rule versions that committed reports show: still decided,
+            their verdicts shown beside (stats.py is their noise rule)
 sections.py imports the sections and figures, so they register, in report order
 figure_kit.py, plots.py, mechanism_plots.py  figure styles/helpers; one figure each
 render.py   report.md, standalone report.html, runs.csv, epochs.csv

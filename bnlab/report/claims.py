@@ -56,10 +56,11 @@ from bnlab.report.intervals import (
     point_table,
     verdict_row,
 )
+from bnlab.report.keys import BN_EVAL_RUNNING, EPOCH, RUN_ID, TEST_ACC, TRAIN_ACC, TRAIN_LOSS, K
 from bnlab.report.load import RunTables
 from bnlab.report.points import CHANCE_ACC, pivot, with_acc
 from bnlab.report.probe_maths import bn_eval_long
-from bnlab.report.select import STANDARD, arm_labels, bn_eval_probed, linear_lr, select
+from bnlab.report.select import arm_labels, bn_eval_probed, linear_lr, recipe_without, select
 
 # ----------------------------------------------------------------------------- constants
 
@@ -134,23 +135,23 @@ RULE_VALUES["decision"] = DECISION
     figures=("lr_accuracy",),
 )
 def lr_claim(tables: RunTables) -> Finding:
-    sel, setting, notes = select_arms(tables.runs, ["optim.lr"], (BN, *NO_BN_ARMS))
+    sel, setting, notes = select_arms(tables.runs, [K.optim.lr], (BN, *NO_BN_ARMS))
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
-    pts = point_table(sel, ["arm", "optim.lr"], "acc")
-    pts["diverged"] = _per_point(sel, ["arm", "optim.lr"], "diverged", pts, "sum")
+    pts = point_table(sel, ["arm", K.optim.lr], "acc")
+    pts["diverged"] = _per_point(sel, ["arm", K.optim.lr], "diverged", pts, "sum")
     best = {a: float(p["mean"].max()) for a, p in pts.groupby("arm")}
-    best_lr = {a: float(p.loc[p["mean"].idxmax(), "optim.lr"]) for a, p in pts.groupby("arm")}
+    best_lr = {a: float(p.loc[p["mean"].idxmax(), K.optim.lr]) for a, p in pts.groupby("arm")}
     numbers: dict[str, Any] = {f"{a}_best_lr": best_lr[a] for a in best_lr}
     numbers |= {f"{a}_best_acc_pct": pct(best[a]) for a in best}
     rows: list[Verdict] = []
     largest_by_arm: dict[str, dict[int, float]] = {}
     for arm in [a for a in NO_BN_ARMS if a in best]:
         lrs = sorted(
-            set(sel.loc[sel["arm"].eq(BN), "optim.lr"])
-            & set(sel.loc[sel["arm"].eq(arm), "optim.lr"])
+            set(sel.loc[sel["arm"].eq(BN), K.optim.lr])
+            & set(sel.loc[sel["arm"].eq(arm), K.optim.lr])
         )
-        both = sel[sel["optim.lr"].isin(lrs)]
+        both = sel[sel[K.optim.lr].isin(lrs)]
         largest = {a: _largest_trainable(both[both["arm"].eq(a)], best[a]) for a in (BN, arm)}
         largest_by_arm |= {a: largest[a] for a in (BN, arm)}
         if len(lrs) < 3:
@@ -192,7 +193,7 @@ def lr_claim(tables: RunTables) -> Finding:
     evidence = pd.DataFrame(
         {
             "arm": pts["arm"],
-            "lr": pts["optim.lr"].map(lambda v: f"{v:g}"),
+            "lr": pts[K.optim.lr].map(lambda v: f"{v:g}"),
             "diverged": [
                 f"{int(d)}/{int(n)}" for d, n in zip(pts["diverged"], pts["n"], strict=True)
             ],
@@ -208,8 +209,8 @@ def _largest_trainable(runs: pd.DataFrame, best: float) -> dict[int, float]:
     ok = runs[
         ~runs["diverged"] & (runs["acc"] >= TRAINS_AT) & (runs["acc"] >= best - LR_TRAINS_MARGIN)
     ]
-    for seed in sorted(set(runs["train.seed"])):
-        lrs = ok.loc[ok["train.seed"].eq(seed), "optim.lr"]
+    for seed in sorted(set(runs[K.train.seed])):
+        lrs = ok.loc[ok[K.train.seed].eq(seed), K.optim.lr]
         out[int(seed)] = float(lrs.max()) if not lrs.empty else 0.0
     return out
 
@@ -248,20 +249,20 @@ def _per_point(
 )
 def depth_claim(tables: RunTables) -> Finding:
     sel, setting, notes = select_arms(
-        tables.runs, ["model.depth", "model.residual", "optim.lr"], (BN, *NO_BN_ARMS)
+        tables.runs, [K.model.depth, K.model.residual, K.optim.lr], (BN, *NO_BN_ARMS)
     )
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
     sel = at_own_lr(sel, notes)
-    pts = point_table(sel, ["model.residual", "arm", "model.depth"], "acc")
+    pts = point_table(sel, [K.model.residual, "arm", K.model.depth], "acc")
     rows: list[Verdict] = []
     numbers: dict[str, Any] = {}
     for residual in (True, False):
         arch = "residual" if residual else "plain"
-        sub = sel[sel["model.residual"].eq(residual)]
-        bn_depths = set(sub.loc[sub["arm"].eq(BN), "model.depth"])
+        sub = sel[sel[K.model.residual].eq(residual)]
+        bn_depths = set(sub.loc[sub["arm"].eq(BN), K.model.depth])
         for arm in [a for a in NO_BN_ARMS if a in set(sub["arm"])]:
-            depths = sorted(bn_depths & set(sub.loc[sub["arm"].eq(arm), "model.depth"]))
+            depths = sorted(bn_depths & set(sub.loc[sub["arm"].eq(arm), K.model.depth]))
             against = f"{AGAINST[arm]} ({arch})"
             if 20 not in depths or len(depths) < 2:
                 rows.append(
@@ -276,7 +277,7 @@ def depth_claim(tables: RunTables) -> Finding:
                 continue
             deep = depths[-1]
             e = {
-                (a, d): estimate_at(sub, arm=a, model__depth=d)
+                (a, d): estimate_at(sub, {"arm": a, K.model.depth: d})
                 for a in (BN, arm)
                 for d in (20, deep)
             }
@@ -297,9 +298,9 @@ def depth_claim(tables: RunTables) -> Finding:
                     e[BN, 20].mean - e[BN, deep].mean
                 ),
             }
-    arch = pts["model.residual"].map({True: "residual", False: "plain"})
+    arch = pts[K.model.residual].map({True: "residual", False: "plain"})
     evidence = ci_table(
-        pts.assign(architecture=arch), ["architecture", "arm"], "model.depth", "depth {:g} acc %"
+        pts.assign(architecture=arch), ["architecture", "arm"], K.model.depth, "depth {:g} acc %"
     )
     return compared(rows, numbers, evidence, setting, notes, {"points": pts})
 
@@ -329,18 +330,18 @@ def depth_claim(tables: RunTables) -> Finding:
     figures=("training_curves",),
 )
 def convergence_claim(tables: RunTables) -> Finding:
-    sel, setting, notes = select_arms(tables.runs, ["optim.lr"], (BN, *NO_BN_ARMS))
-    curves = tables.epochs[tables.epochs["run_id"].isin(sel["run_id"])]
-    no_curve = ~sel["run_id"].isin(curves["run_id"])
+    sel, setting, notes = select_arms(tables.runs, [K.optim.lr], (BN, *NO_BN_ARMS))
+    curves = tables.epochs[tables.epochs[RUN_ID].isin(sel[RUN_ID])]
+    no_curve = ~sel[RUN_ID].isin(curves[RUN_ID])
     if no_curve.any():
         notes.append(f"left out {int(no_curve.sum())} run(s) without metrics.csv")
         sel = sel[~no_curve]
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
-    means = sel.groupby(["arm", "optim.lr"])["acc"].mean()
+    means = sel.groupby(["arm", K.optim.lr])["acc"].mean()
     best_lr = {a: float(means[a].idxmax()) for a in means.index.get_level_values(0).unique()}
     best = {a: float(means[a].max()) for a in best_lr}
-    at_best = sel[[best_lr[a] == lr for a, lr in zip(sel["arm"], sel["optim.lr"], strict=True)]]
+    at_best = sel[[best_lr[a] == lr for a, lr in zip(sel["arm"], sel[K.optim.lr], strict=True)]]
     rows: list[Verdict] = []
     numbers: dict[str, Any] = {f"{a}_best_lr": best_lr[a] for a in best_lr}
     table = []
@@ -367,8 +368,8 @@ def convergence_claim(tables: RunTables) -> Finding:
                     "epochs to target [95% CI]": num_ci(e),
                 }
             )
-    ids = at_best[["run_id", "arm", "optim.lr"]].rename(columns={"arm": "norm.kind"})
-    data = {"curves": curves.merge(ids, on="run_id")}
+    ids = at_best[[RUN_ID, "arm", K.optim.lr]].rename(columns={"arm": K.norm.kind})
+    data = {"curves": curves.merge(ids, on=RUN_ID)}
     numbers["curve_lr"] = "each arm at its best lr"
     return compared(rows, numbers, pd.DataFrame(table), setting, notes, data)
 
@@ -378,10 +379,10 @@ def _epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.Da
     planned epochs + 1."""
     out = []
     for _, run in runs.iterrows():
-        curve = curves[curves["run_id"].eq(run["run_id"])].sort_values("epoch")
-        epochs = [0.0, *curve["epoch"].astype(float)]
-        accs = [CHANCE_ACC, *curve["test_acc"].astype(float)]
-        first = float(run["train.epochs"]) + 1
+        curve = curves[curves[RUN_ID].eq(run[RUN_ID])].sort_values(EPOCH)
+        epochs = [0.0, *curve[EPOCH].astype(float)]
+        accs = [CHANCE_ACC, *curve[TEST_ACC].astype(float)]
+        first = float(run[K.train.epochs]) + 1
         reached = False
         for i in range(1, len(epochs)):
             (e0, a0), (e1, a1) = (epochs[i - 1], accs[i - 1]), (epochs[i], accs[i])
@@ -390,8 +391,8 @@ def _epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.Da
                 first = e0 + frac * (e1 - e0)
                 reached = True
                 break
-        out.append({"run_id": run["run_id"], "epochs": first, "reached": reached})
-    return pd.DataFrame(out, columns=["run_id", "epochs", "reached"])
+        out.append({RUN_ID: run[RUN_ID], "epochs": first, "reached": reached})
+    return pd.DataFrame(out, columns=[RUN_ID, "epochs", "reached"])
 
 
 # ----------------------------------------------------------------------------- init
@@ -417,7 +418,7 @@ def _epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.Da
     figures=("init_accuracy",),
 )
 def init_claim(tables: RunTables) -> Finding:
-    key = "model.init_scale"
+    key = K.model.init_scale
     sel, setting, notes = select_arms(tables.runs, [key], (BN, *NO_BN_ARMS))
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
@@ -444,8 +445,8 @@ def init_claim(tables: RunTables) -> Finding:
             sub = pts[pts["arm"].eq(a) & pts[key].isin(scales)]
             hi, lo = sub.loc[sub["mean"].idxmax(), key], sub.loc[sub["mean"].idxmin(), key]
             ends[a] = (
-                estimate_at(sel, arm=a, **{key.replace(".", "__"): float(hi)}),
-                estimate_at(sel, arm=a, **{key.replace(".", "__"): float(lo)}),
+                estimate_at(sel, {"arm": a, key: float(hi)}),
+                estimate_at(sel, {"arm": a, key: float(lo)}),
             )
             numbers[f"{a}_spread_pp"] = pct(ends[a][0].mean - ends[a][1].mean)
         if ends[arm][0].mean < TRAINS_AT:
@@ -457,14 +458,7 @@ def init_claim(tables: RunTables) -> Finding:
             [(1, ends[arm][0]), (-1, ends[arm][1]), (-1, ends[BN][0]), (1, ends[BN][1])]
         )
         rows.append(verdict_row(AGAINST[arm], in_pp(effect), INIT_MIN_PP, "pp"))
-    evidence = pivot(
-        pts.assign(cell=ci_cells(pts)),
-        key,
-        "init scale",
-        by="arm",
-        order=(BN, *NO_BN_ARMS),
-        cell="cell",
-    )
+    evidence = pivot(pts, key, "init scale", by="arm", order=(BN, *NO_BN_ARMS))
     return compared(rows, numbers, evidence, setting, notes, {"points": pts})
 
 
@@ -495,14 +489,14 @@ def init_claim(tables: RunTables) -> Finding:
 )
 def regularization_claim(tables: RunTables) -> Finding:
     sel, setting, notes = select_arms(
-        tables.runs, ["data.augment"], (BN, *NO_BN_ARMS), tables.runs["data.augment"].eq(False)
+        tables.runs, [K.data.augment], (BN, *NO_BN_ARMS), tables.runs[K.data.augment].eq(False)
     )
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
     if sel["diverged"].any():
         notes.append(f"left out {int(sel['diverged'].sum())} diverged run(s)")
     sel = sel[~sel["diverged"]]
-    curves = tables.epochs[tables.epochs["run_id"].isin(sel["run_id"])]
+    curves = tables.epochs[tables.epochs[RUN_ID].isin(sel[RUN_ID])]
     rows: list[Verdict] = []
     numbers: dict[str, Any] = {}
     points = []
@@ -512,7 +506,7 @@ def regularization_claim(tables: RunTables) -> Finding:
         if best < TRAINS_AT:
             rows.append(verdict_row(AGAINST[arm], None, REG_MIN_PP, "pp", never_trains(best)))
             continue
-        level = float(pair["train_loss"].max())
+        level = float(pair[TRAIN_LOSS].max())
         gaps = {a: _gap_at(pair[pair["arm"].eq(a)], curves, level) for a in (BN, arm)}
         effect = difference(estimate(gaps[arm]["gap"]), estimate(gaps[BN]["gap"]))
         rows.append(verdict_row(AGAINST[arm], in_pp(effect), REG_MIN_PP, "pp"))
@@ -529,7 +523,7 @@ def regularization_claim(tables: RunTables) -> Finding:
                     "gap pp [95% CI]": pp_ci(estimate(g["gap"])),
                     "train acc %": f"{100 * g['train_acc'].mean():.1f}",
                     "test acc %": f"{100 * g['test_acc'].mean():.1f}",
-                    "final test acc % [95% CI]": pct_ci(estimate_at(sel, arm=a)),
+                    "final test acc % [95% CI]": pct_ci(estimate_at(sel, {"arm": a})),
                 }
             )
     if not rows:
@@ -547,9 +541,9 @@ def regularization_claim(tables: RunTables) -> Finding:
 def _gap_at(runs: pd.DataFrame, curves: pd.DataFrame, level: float) -> pd.DataFrame:
     """Per run: train and test accuracy where its training loss first reaches `level`."""
     out = []
-    for run_id in runs["run_id"]:
-        c = curves[curves["run_id"].eq(run_id)].sort_values("epoch")
-        loss, tr, te = (c[k].to_numpy(dtype=float) for k in ("train_loss", "train_acc", "test_acc"))
+    for run_id in runs[RUN_ID]:
+        c = curves[curves[RUN_ID].eq(run_id)].sort_values(EPOCH)
+        loss, tr, te = (c[k].to_numpy(dtype=float) for k in (TRAIN_LOSS, TRAIN_ACC, TEST_ACC))
         i = int(np.argmax(loss <= level)) if (loss <= level).any() else len(loss) - 1
         if i == 0 or loss[i] == loss[i - 1]:
             train_acc, test_acc = tr[i], te[i]
@@ -561,13 +555,13 @@ def _gap_at(runs: pd.DataFrame, curves: pd.DataFrame, level: float) -> pd.DataFr
             )
         out.append(
             {
-                "run_id": run_id,
-                "train_acc": train_acc,
-                "test_acc": test_acc,
+                RUN_ID: run_id,
+                TRAIN_ACC: train_acc,
+                TEST_ACC: test_acc,
                 "gap": train_acc - test_acc,
             }
         )
-    return pd.DataFrame(out, columns=["run_id", "train_acc", "test_acc", "gap"])
+    return pd.DataFrame(out, columns=[RUN_ID, TRAIN_ACC, TEST_ACC, "gap"])
 
 
 # ----------------------------------------------------------------------------- batch
@@ -618,8 +612,8 @@ def batch_claim(tables: RunTables) -> Finding:
         )
     else:
         small = sizes[0]
-        big_e = estimate_at(sel, stat_batch=float(STATISTICS_BATCH))
-        small_e = estimate_at(sel, stat_batch=float(small))
+        big_e = estimate_at(sel, {"stat_batch": float(STATISTICS_BATCH)})
+        small_e = estimate_at(sel, {"stat_batch": float(small)})
         effect = in_pp(difference(big_e, small_e))
         rows.append(
             verdict_row(
@@ -645,24 +639,21 @@ def batch_claim(tables: RunTables) -> Finding:
 def _wu_he(runs: pd.DataFrame) -> tuple[pd.DataFrame, Verdict | None]:
     """Wu & He's protocol: true batch b for BN and GN, lr 0.1 b/128. Its points, and BN's
     drop from the largest to the smallest batch minus GN's (a Verdict row)."""
-    fixed = {
-        k: STANDARD[k]
-        for k in ("model.depth", "model.residual", "model.init", "model.init_scale", "data.augment")
-    }
+    fixed = recipe_without(K.optim.lr, K.data.batch_size)
     sel, _, _ = select(runs, fixed, ("bn", "gn"), linear_lr(runs))
     if sel.empty:
         return pd.DataFrame(), None
     sel = with_acc(sel)
-    pts = point_table(sel, ["norm.kind", "data.batch_size"], "acc")
+    pts = point_table(sel, [K.norm.kind, K.data.batch_size], "acc")
     sizes = sorted(
-        set(sel.loc[sel["norm.kind"].eq("bn"), "data.batch_size"])
-        & set(sel.loc[sel["norm.kind"].eq("gn"), "data.batch_size"])
+        set(sel.loc[sel[K.norm.kind].eq("bn"), K.data.batch_size])
+        & set(sel.loc[sel[K.norm.kind].eq("gn"), K.data.batch_size])
     )
     if len(sizes) < 2:
         return pts, None
     lo, hi = sizes[0], sizes[-1]
     e = {
-        (n, b): estimate_at(sel, norm__kind=n, data__batch_size=b)
+        (n, b): estimate_at(sel, {K.norm.kind: n, K.data.batch_size: b})
         for n in ("bn", "gn")
         for b in (lo, hi)
     }
@@ -704,23 +695,20 @@ def _wu_he(runs: pd.DataFrame) -> tuple[pd.DataFrame, Verdict | None]:
 def inference_claim(tables: RunTables) -> Finding:
     runs = tables.runs
     extra = bn_eval_probed(runs)
-    fixed = {
-        k: STANDARD[k]
-        for k in ("model.depth", "model.residual", "model.init", "model.init_scale", "data.augment")
-    }
+    fixed = recipe_without(K.optim.lr, K.data.batch_size)
     sel, setting, notes = select(runs, fixed, (BN,), extra)
     if sel.empty:
         return no_data(notes)
     long = bn_eval_long(sel)
-    pts = point_table(long, ["data.batch_size", "eval_batch"], "acc")
-    running = point_table(sel, ["data.batch_size"], "bn_eval.running_stats_acc")
+    pts = point_table(long, [K.data.batch_size, "eval_batch"], "acc")
+    running = point_table(sel, [K.data.batch_size], BN_EVAL_RUNNING)
     rows: list[Verdict] = []
     table = []
     numbers: dict[str, Any] = {}
-    for batch, sub in long.groupby("data.batch_size"):
+    for batch, sub in long.groupby(K.data.batch_size):
         sizes = sorted(set(sub["eval_batch"]))
         size = INFERENCE_EVAL_BATCH if INFERENCE_EVAL_BATCH in sizes else sizes[0]
-        run_e = estimate(sel.loc[sel["data.batch_size"].eq(batch), "bn_eval.running_stats_acc"])
+        run_e = estimate(sel.loc[sel[K.data.batch_size].eq(batch), BN_EVAL_RUNNING])
         for s in sizes:
             e = estimate(sub.loc[sub["eval_batch"].eq(s), "acc"])
             table.append(
@@ -769,21 +757,18 @@ def inference_claim(tables: RunTables) -> Finding:
 )
 def norms_section(tables: RunTables) -> Finding:
     runs = tables.runs
-    fixed = {
-        k: STANDARD[k]
-        for k in ("model.depth", "model.residual", "model.init", "model.init_scale", "data.augment")
-    }
-    normalisers = ~runs["norm.kind"].isin(NOISE_DEVICES)
+    fixed = recipe_without(K.optim.lr, K.data.batch_size)
+    normalisers = ~runs[K.norm.kind].isin(NOISE_DEVICES)
     sel, setting, notes = select(runs, fixed, None, linear_lr(runs) & normalisers)
     if sel.empty:
         return no_data(notes)
-    key = "data.batch_size"
-    labelled = with_acc(sel).assign(**{"norm.kind": arm_labels(sel)})
-    pts = point_table(labelled, ["norm.kind", key], "acc")
+    key = K.data.batch_size
+    labelled = with_acc(sel).assign(**{K.norm.kind: arm_labels(sel)})
+    pts = point_table(labelled, [K.norm.kind, key], "acc")
     numbers: dict[str, Any] = {}
     for batch, sub in pts.dropna(subset=["mean"]).groupby(key):
         top = sub.loc[sub["mean"].idxmax()]
-        numbers[f"batch_{int(batch)}_best_norm"] = top["norm.kind"]
+        numbers[f"batch_{int(batch)}_best_norm"] = top[K.norm.kind]
         numbers[f"batch_{int(batch)}_best_acc_pct"] = pct(top["mean"])
-    evidence = pivot(pts.assign(cell=ci_cells(pts)), key, "batch", cell="cell")
+    evidence = pivot(pts, key, "batch")
     return Finding(DESCRIPTIVE, numbers, evidence, setting, notes, {"points": pts})

@@ -216,17 +216,18 @@ def section(
     return register
 
 
-def superseded(key: str, rule: Rule, figures: Sequence[str] = ()) -> Callable[[SectionFn], Section]:
+def superseded(key: str, rule: Rule) -> Callable[[SectionFn], Section]:
     """Keep an older version of section `key`'s rule computable: the report decides it
-    on the same runs and shows its verdict beside the current one. Returns it as a
-    Section too (with the figures it used to name), so it can be called on its own."""
+    on the same runs and shows its verdict beside the current one (the verdict is all
+    it shows of it: no figures). Returns it as a Section too, so it can be called on
+    its own."""
 
     def register(fn: SectionFn) -> Section:
         versions = [o.rule.version for o in SUPERSEDED.get(key, [])]
         if rule.version in versions:
             raise ValueError(f"rule version {rule.version} of {key!r} is registered twice")
         SUPERSEDED.setdefault(key, []).append(OldRule(rule, fn))
-        return Section(key, "", "", rule, tuple(figures), fn, current=False)
+        return Section(key, "", "", rule, (), fn, current=False)
 
     return register
 

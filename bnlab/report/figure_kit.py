@@ -23,6 +23,7 @@ from matplotlib.ticker import FixedLocator, NullLocator
 
 from bnlab.report.core import ClaimResult
 from bnlab.report.intervals import MIN_SEEDS
+from bnlab.report.keys import EPOCH, K
 from bnlab.report.points import CHANCE_ACC
 
 NORM_STYLE = {  # colour-blind-safe (Okabe-Ito), fixed per norm across all figures
@@ -75,7 +76,7 @@ def arm_label(arm: str) -> str:
     return ARM_LABELS.get(arm, norm_label(arm))
 
 
-def norms_in(pts: pd.DataFrame, by: str = "norm.kind") -> list[str]:
+def norms_in(pts: pd.DataFrame, by: str = K.norm.kind) -> list[str]:
     order = list(NORM_STYLE)
     found = set(pts[by])
     return [n for n in order if n in found] + sorted(found - set(order))
@@ -163,12 +164,12 @@ def band(
 ) -> None:
     """Mean over seeds per epoch, with a ±std band; non-finite values (divergence) dropped."""
     finite = curves[np.isfinite(curves[column])]
-    stats = finite.groupby("epoch")[column].agg(["mean", "std"]).reset_index()
+    stats = finite.groupby(EPOCH)[column].agg(["mean", "std"]).reset_index()
     mean, std = scale * stats["mean"], scale * stats["std"].fillna(0)
     colour = norm_colour(norm)
     marker = "o" if len(stats) <= MAX_MARKED_EPOCHS else None  # dots would merge into a bar
-    ax.plot(stats["epoch"], mean, color=colour, marker=marker, ms=4, label=label)
-    ax.fill_between(stats["epoch"], mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+    ax.plot(stats[EPOCH], mean, color=colour, marker=marker, ms=4, label=label)
+    ax.fill_between(stats[EPOCH], mean - std, mean + std, color=colour, alpha=0.2, lw=0)
 
 
 def depth_axis(ax: Axes, depths: pd.Series) -> None:
@@ -222,7 +223,7 @@ def bars(
     for i, norm in enumerate(norms):
         xs, ys, es = [], [], []
         for j, group in enumerate(groups):
-            row = pts[pts["norm.kind"].eq(norm) & pts[key].eq(group)]
+            row = pts[pts[K.norm.kind].eq(norm) & pts[key].eq(group)]
             if not row.empty:
                 xs.append(j + (i - (len(norms) - 1) / 2) * width)
                 ys.append(100 * row[f"mean{suffix}"].iloc[0])

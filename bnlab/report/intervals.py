@@ -31,6 +31,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from bnlab.report.core import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Verdict
+from bnlab.report.keys import COMPLETED, STATUS, TEST_ACC, K
 from bnlab.report.select import EXECUTION_KEYS, TRAINING_PREFIXES, drop_probe_twins
 
 CONFIDENCE = 0.95
@@ -219,14 +220,14 @@ def estimates_by(per_run: pd.DataFrame, by: Sequence[str], value: str) -> dict[A
 def seed_noise(runs: pd.DataFrame) -> tuple[float, int]:
     """Pooled SD of final test accuracy between seeds of the same training config
     (completed runs; configs with one seed add nothing)."""
-    if runs.empty or "train.seed" not in runs:
+    if runs.empty or K.train.seed not in runs:
         return math.nan, 0
-    done, _ = drop_probe_twins(runs[runs["status"].eq("completed")])
+    done, _ = drop_probe_twins(runs[runs[STATUS].eq(COMPLETED)])
     keys = [
         c
         for c in done.columns
-        if c.startswith(TRAINING_PREFIXES) and c not in EXECUTION_KEYS and c != "train.seed"
+        if c.startswith(TRAINING_PREFIXES) and c not in EXECUTION_KEYS and c != K.train.seed
     ]
     identity = done[keys].apply(lambda row: "|".join(repr(v) for v in row), axis=1)
-    groups = done.groupby(identity)["test_acc"]
+    groups = done.groupby(identity)[TEST_ACC]
     return pooled_sd(estimate(g) for _, g in groups)

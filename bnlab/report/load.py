@@ -22,28 +22,51 @@ from typing import Any
 import pandas as pd
 
 from bnlab.errors import BnlabError, first_line
+from bnlab.report.keys import (
+    BEST_TEST_ACC,
+    EPOCH,
+    EPOCH_COLUMNS,
+    INCOMPLETE,
+    LAYER,
+    METRIC,
+    PROBE,
+    RUN_DIR,
+    RUN_ID,
+    RUN_NAME,
+    STATUS,
+    STEP,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_IMAGES,
+    TRAIN_LOSS,
+    VALUE,
+    K,
+)
 from bnlab.store import (
+    FINISHED,
     IDENTITY_NEUTRAL,
     METRIC_COLUMNS,
     PROBE_COLUMNS,
     PROBES_FILE,
+    RunDir,
     UnreadableConfig,
     read_config_file,
 )
 
 # A metrics.csv without these cannot be a bnlab one; the timing columns are optional.
-REQUIRED_METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+REQUIRED_METRICS = EPOCH_COLUMNS
 # Without these a run cannot be placed on any claim's grid.
-REQUIRED_CONFIG = ("norm.kind", "model.depth", "optim.lr", "data.batch_size", "train.epochs")
+REQUIRED_CONFIG = (K.norm.kind, K.model.depth, K.optim.lr, K.data.batch_size, K.train.epochs)
 # Keys added to the schema after the first runs were made: runs that lack one ran
 # with its default, so the claims' selections still find them.
 BACKFILL: dict[str, Any] = {
-    "model.init_scale": 1.0,
-    "model.width": 16,
-    "model.residual": True,
-    "data.augment": True,
-    "experiment_name": None,
-    "model.init": "kaiming",
+    K.model.init_scale: 1.0,
+    K.model.width: 16,
+    K.model.residual: True,
+    K.data.augment: True,
+    K.experiment_name: None,
+    K.model.init: "kaiming",
     # Keys the run identity leaves out at their neutral value (only_bn, the probe
     # switches, ...): a run stored before they existed trained with that value.
     **{k: v for k, v in IDENTITY_NEUTRAL.items() if not isinstance(v, list)},
@@ -52,11 +75,11 @@ BACKFILL: dict[str, Any] = {
 # data.train_size is null (the whole training set).
 FULL_TRAIN_IMAGES = {"cifar10": 50_000, "cifar10_jpeg": 50_000, "fashion_mnist": 60_000}
 SUMMARY_NUMERIC = (
-    "test_acc",
-    "best_test_acc",
-    "train_acc",
-    "train_loss",
-    "test_loss",
+    TEST_ACC,
+    BEST_TEST_ACC,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    TEST_LOSS,
     "epochs",
     "epochs_planned",
     "diverged_epoch",
@@ -64,7 +87,7 @@ SUMMARY_NUMERIC = (
     "wall_s",
     "train_s",
     "images_per_s",
-    "train_images",
+    TRAIN_IMAGES,
     "test_images",
 )
 # What the store writes into each numeric field. A value outside its range (or not a
@@ -74,15 +97,15 @@ UNIT = (0.0, 1.0)
 NON_NEGATIVE = (0.0, math.inf)
 SUMMARY_RANGES = {k: UNIT if k.endswith("_acc") else NON_NEGATIVE for k in SUMMARY_NUMERIC}
 METRIC_RANGES: dict[str, tuple[float, float]] = {
-    "epoch": (1.0, math.inf),
-    "train_acc": UNIT,
-    "test_acc": UNIT,
-    **{k: NON_NEGATIVE for k in METRIC_COLUMNS if k not in ("epoch", "train_acc", "test_acc")},
+    EPOCH: (1.0, math.inf),
+    TRAIN_ACC: UNIT,
+    TEST_ACC: UNIT,
+    **{k: NON_NEGATIVE for k in METRIC_COLUMNS if k not in (EPOCH, TRAIN_ACC, TEST_ACC)},
 }
-METRICS_NEVER_BLANK = ("epoch", "train_acc", "test_acc")  # only losses are NaN (diverged)
-PROBE_TABLE = ["run_id", *PROBE_COLUMNS]
+METRICS_NEVER_BLANK = (EPOCH, TRAIN_ACC, TEST_ACC)  # only losses are NaN (diverged)
+PROBE_TABLE = [RUN_ID, *PROBE_COLUMNS]
 # Folder names end in the run's 12-hex identity: <arch><depth>[plain]-<norm>-<id>.
-RUN_ID = re.compile(r"-([0-9a-f]{12})$")
+FOLDER_ID = re.compile(r"-([0-9a-f]{12})$")
 
 
 class CorruptRun(Exception):
@@ -119,14 +142,14 @@ def load_runs(root: Path) -> RunTables:
             skipped.append((folder.name, str(err)))
             warnings.append(f"skipped run folder {folder.name}: {err}")
             continue
-        rid = row["run_id"]
+        rid = row[RUN_ID]
         if rid in seen:  # e.g. the same run copied under two names: count it once
             reason = f"duplicate of {seen[rid]} (same run id {rid})"
             skipped.append((folder.name, reason))
             warnings.append(f"skipped run folder {folder.name}: {reason}")
             continue
         seen[rid] = folder.name
-        if metrics is None and row["status"] in ("completed", "diverged"):
+        if metrics is None and row[STATUS] in FINISHED:
             warnings.append(f"run folder {folder.name} has no metrics.csv: no per-epoch curve")
         if metrics is not None and not metrics.empty:
             curves.append(metrics.assign(run_id=rid))
@@ -142,7 +165,7 @@ def load_runs(root: Path) -> RunTables:
         detail = f" ({len(skipped)} unreadable)" if skipped else ""
         raise BnlabError(f"no readable runs in {root}{detail} (train or sweep first)")
     runs = _tidy_runs(rows)
-    columns = ["run_id", *METRIC_COLUMNS]
+    columns = [RUN_ID, *METRIC_COLUMNS]
     epochs = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=columns)
     epochs = epochs.reindex(columns=columns)
     probes = pd.concat(probe_tables, ignore_index=True) if probe_tables else pd.DataFrame()
@@ -163,28 +186,29 @@ def read_run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
 
 
 def _read_run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame | None]:
-    if not (folder / "config.yaml").exists() and (folder / "summary.json").exists():
+    run = RunDir(folder)
+    if not run.config_file.exists() and run.summary_file.exists():
         # The store agrees (RunDir.is_finished): without its config the run is not done.
         raise CorruptRun(
             "no config.yaml beside its summary.json (deleted?): not counted; training "
             "it again (its sweep) rewrites it"
         )
-    row = read_config(folder / "config.yaml")
-    summary = read_summary(folder / "summary.json")
-    metrics = read_metrics(folder / "metrics.csv")
-    match = RUN_ID.search(folder.name)
-    row["run_id"] = match.group(1) if match else (summary or {}).get("run_id") or folder.name
-    row["run_name"] = folder.name
-    row["run_dir"] = str(folder)
+    row = read_config(run.config_file)
+    summary = read_summary(run.summary_file)
+    metrics = read_metrics(run.metrics_file)
+    match = FOLDER_ID.search(folder.name)
+    row[RUN_ID] = match.group(1) if match else (summary or {}).get(RUN_ID) or folder.name
+    row[RUN_NAME] = folder.name
+    row[RUN_DIR] = str(folder)
     if summary is None:
-        row["status"] = "incomplete"  # still training, or killed before it finished
+        row[STATUS] = INCOMPLETE  # still training, or killed before it finished
     else:
-        summary.pop("run_id", None)  # the folder's id is the key; the same value anyway
+        summary.pop(RUN_ID, None)  # the folder's id is the key; the same value anyway
         summary.pop("traceback", None)  # many lines; the one-line `error` is kept
         row.update(flatten(summary))
-    if row.get("train_images") is None:
-        size = row.get("data.train_size")
-        row["train_images"] = size if size else FULL_TRAIN_IMAGES.get(row.get("data.name"))
+    if row.get(TRAIN_IMAGES) is None:
+        size = row.get(K.data.train_size)
+        row[TRAIN_IMAGES] = size if size else FULL_TRAIN_IMAGES.get(row.get(K.data.name))
     if metrics is not None and metrics["test_images"].isna().all():
         # A metrics.csv from before its test_images column: every epoch was evaluated
         # on the whole test set, which the summary names (NaN when it does not).
@@ -214,7 +238,7 @@ def read_summary(path: Path) -> dict[str, Any] | None:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CorruptRun(f"unreadable summary.json ({first_line(err)})") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+    if not isinstance(summary, dict) or not isinstance(summary.get(STATUS), str):
         raise CorruptRun("summary.json has no status")
     for key, value in flatten(summary).items():
         bounds = _summary_range(key)
@@ -260,7 +284,7 @@ def read_metrics(path: Path) -> pd.DataFrame | None:
         raise CorruptRun(f"metrics.csv lacks column(s) {', '.join(missing)}")
     metrics = metrics.reindex(columns=list(METRIC_COLUMNS))
     _check_metric_values(metrics)
-    metrics["epoch"] = metrics["epoch"].astype(int)
+    metrics[EPOCH] = metrics[EPOCH].astype(int)
     return metrics
 
 
@@ -283,7 +307,7 @@ def _check_metric_values(metrics: pd.DataFrame) -> None:
     for column, (low, high) in METRIC_RANGES.items():
         values = metrics[column]
         bad = values.notna() & ~values.between(low, high)
-        if column == "epoch":
+        if column == EPOCH:
             bad |= values.notna() & (values % 1 != 0)
         if column in METRICS_NEVER_BLANK:
             bad |= values.isna()
@@ -301,13 +325,11 @@ def _check_metric_values(metrics: pd.DataFrame) -> None:
 
 def read_probes(path: Path) -> pd.DataFrame | None:
     """probes.csv (long format: epoch, step, probe, layer, metric, value); None if absent."""
-    dtypes = {"epoch": int, "step": int, "probe": str, "layer": str, "metric": str, "value": float}
+    dtypes = {EPOCH: int, STEP: int, PROBE: str, LAYER: str, METRIC: str, VALUE: float}
     try:
         if not path.exists():
             return None
-        probes = pd.read_csv(
-            path, dtype=dtypes, keep_default_na=False, na_values={"value": ["nan"]}
-        )
+        probes = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={VALUE: ["nan"]})
     except (OSError, ValueError) as err:
         raise CorruptRun(f"unreadable {PROBES_FILE} ({first_line(err)})") from None
     missing = [c for c in PROBE_COLUMNS if c not in probes.columns]
@@ -336,5 +358,5 @@ def _tidy_runs(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for column in [c for c in runs.columns if c.startswith("bn_eval.")]:
         runs[column] = pd.to_numeric(runs[column], errors="coerce")
     # Identity and location first; the rest alphabetically so runs.csv is easy to scan.
-    first = ["run_id", "run_name", "status", "run_dir"]
+    first = [RUN_ID, RUN_NAME, STATUS, RUN_DIR]
     return runs[first + sorted(c for c in runs.columns if c not in first)]

@@ -34,6 +34,7 @@ from bnlab.report.figure_kit import (
     y_top,
 )
 from bnlab.report.intervals import MIN_SEEDS
+from bnlab.report.keys import EPOCH, LAYER, METRIC, RUN_ID, STEP, TRAIN_ACC, VALUE, K
 
 THREE_PANELS = (16.0, 4.8)
 
@@ -44,23 +45,23 @@ def ics_mechanism(result: ClaimResult) -> Figure:
     fig, (acc_ax, shift_ax, ics_ax) = new_figure(THREE_PANELS, ncols=3)
     pts = result.data["points"]
     if lr is None:  # no lr shared by the norms: show the first lr with data
-        lr = float(pts["optim.lr"].min())
+        lr = float(pts[K.optim.lr].min())
     curves = _at_lr(result.data["curves"], lr)
     for norm in norms_in(curves):
-        band(acc_ax, curves[curves["norm.kind"].eq(norm)], "train_acc", norm, norm_label(norm), 100)
+        band(acc_ax, curves[curves[K.norm.kind].eq(norm)], TRAIN_ACC, norm, norm_label(norm), 100)
     chance_line(acc_ax)
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel(
         "training accuracy (%), mean ± std over seeds\n(train mode: noisy nets with noise)"
     )
-    acc_ax.xaxis.set_major_locator(FixedLocator(sorted(set(curves["epoch"]))))
+    acc_ax.xaxis.set_major_locator(FixedLocator(sorted(set(curves[EPOCH]))))
     legend(acc_ax, loc="best")
 
     shift = _at_lr(result.data["shift"], lr)
     for norm in norms_in(shift):
-        rows = shift[shift["norm.kind"].eq(norm)]
-        layers = list(dict.fromkeys(rows["layer"]))  # probes.csv order = forward order
-        mean = rows.groupby("layer", sort=False)["shift"].mean().reindex(layers)
+        rows = shift[shift[K.norm.kind].eq(norm)]
+        layers = list(dict.fromkeys(rows[LAYER]))  # probes.csv order = forward order
+        mean = rows.groupby(LAYER, sort=False)["shift"].mean().reindex(layers)
         norm_line(shift_ax, range(len(layers)), mean, norm, ms=3)
     shift_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     shift_ax.set_xlabel("layer (forward order: stem conv ... fc)")
@@ -70,10 +71,10 @@ def ics_mechanism(result: ClaimResult) -> Figure:
     legend(shift_ax, loc="best")
 
     ics = _at_lr(result.data["ics"], lr)
-    ics = ics[np.isfinite(ics["value"])]
+    ics = ics[np.isfinite(ics[VALUE])]
     for norm in norms_in(ics):
-        rows = ics[ics["norm.kind"].eq(norm)]
-        per_step = (1 - rows["value"]).groupby(rows["step"]).mean()
+        rows = ics[ics[K.norm.kind].eq(norm)]
+        per_step = (1 - rows[VALUE]).groupby(rows[STEP]).mean()
         norm_line(ics_ax, per_step.index, per_step.to_numpy(), norm, ms=4)
     ics_ax.set_xlabel("training step")
     ics_ax.set_ylabel("ICS: 1 - cos(G, G'), mean over layers")
@@ -85,14 +86,14 @@ def ics_mechanism(result: ClaimResult) -> Figure:
 @figure("landscape_bands")
 def landscape_bands(result: ClaimResult) -> Figure:
     rows = result.data["landscape"]
-    lrs = sorted(set(rows["optim.lr"])) or [0.0]
+    lrs = sorted(set(rows[K.optim.lr])) or [0.0]
     fig = Figure(figsize=(16.0, 4.2 * len(lrs)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(lrs), 3))
     for r, lr in enumerate(lrs):
         at = _at_lr(rows, lr)
         loss_ax, grad_ax, beta_ax = axes[r]
         for norm in norms_in(at):
-            mine = at[at["norm.kind"].eq(norm)]
+            mine = at[at[K.norm.kind].eq(norm)]
             _range_band(loss_ax, mine, "loss@", norm)
             _range_band(grad_ax, mine, "grad_change@", norm)
             beta = _per_step(mine, "beta_smoothness")
@@ -145,7 +146,7 @@ def _stat_order(arm: str) -> tuple[int, float]:
 @figure("deep_no_norm_accuracy")
 def deep_no_norm_accuracy(result: ClaimResult) -> Figure:
     what = "accuracy vs depth, with and without BN"
-    return accuracy_vs(result, "model.depth", "depth (layers), residual", None, what=what)
+    return accuracy_vs(result, K.model.depth, "depth (layers), residual", None, what=what)
 
 
 @figure("batch_why_modes")
@@ -159,13 +160,13 @@ def batch_why_modes(result: ClaimResult) -> Figure:
 
 
 def _at_lr(rows: pd.DataFrame, lr: float) -> pd.DataFrame:
-    return rows[np.isclose(rows["optim.lr"].astype(float), lr)]
+    return rows[np.isclose(rows[K.optim.lr].astype(float), lr)]
 
 
 def _per_step(rows: pd.DataFrame, metric: str) -> pd.Series:
     """Mean over seeds at each step of one metric; non-finite values dropped."""
-    part = rows[rows["metric"].eq(metric) & np.isfinite(rows["value"])]
-    return part.groupby("step")["value"].mean()
+    part = rows[rows[METRIC].eq(metric) & np.isfinite(rows[VALUE])]
+    return part.groupby(STEP)[VALUE].mean()
 
 
 def _range_band(ax: Axes, rows: pd.DataFrame, prefix: str, norm: str) -> None:
@@ -174,11 +175,11 @@ def _range_band(ax: Axes, rows: pd.DataFrame, prefix: str, norm: str) -> None:
     A step where some step size blew up (non-finite) keeps its finite part: the band
     is then drawn to the largest finite value.
     """
-    part = rows[rows["metric"].str.startswith(prefix) & np.isfinite(rows["value"])]
+    part = rows[rows[METRIC].str.startswith(prefix) & np.isfinite(rows[VALUE])]
     if part.empty:
         return
-    per_run = part.groupby(["run_id", "step"])["value"].agg(["min", "max"]).reset_index()
-    band = per_run.groupby("step")[["min", "max"]].mean()
+    per_run = part.groupby([RUN_ID, STEP])[VALUE].agg(["min", "max"]).reset_index()
+    band = per_run.groupby(STEP)[["min", "max"]].mean()
     colour = norm_colour(norm)
     ax.fill_between(
         band.index, band["min"], band["max"], color=colour, alpha=0.35, lw=0, label=norm_label(norm)

@@ -46,6 +46,7 @@ from bnlab.report.intervals import (
     point_table,
     verdict_row,
 )
+from bnlab.report.keys import BN_MODES, METRIC, PROBE, RUN_ID, STEP, TRAIN_ACC, VALUE, K
 from bnlab.report.load import RunTables
 from bnlab.report.points import CHANCE_ACC, flag, pivot
 from bnlab.report.probe_maths import ics_by_run, shift_by_run, shift_rows
@@ -120,22 +121,22 @@ def ics_section(tables: RunTables) -> Finding:
     runs, probes = tables.runs, tables.probes
     noisy = [a for a in _arm_names(runs) if a.startswith("bn_noisy/")]
     sel, setting, notes = select_arms(
-        runs, [], (BN, "fixup", *noisy), flag(runs, "probe.activations")
+        runs, [], (BN, "fixup", *noisy), flag(runs, K.probe.activations)
     )
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
-    mine = probes[probes["run_id"].isin(sel["run_id"])]
+    mine = probes[probes[RUN_ID].isin(sel[RUN_ID])]
     shift = shift_by_run(mine)
     per_run = sel.assign(
-        train=sel["train_acc"].where(~sel["diverged"], CHANCE_ACC),
-        shift=sel["run_id"].map(shift),
-        ics=sel["run_id"].map(ics_by_run(mine)),
+        train=sel[TRAIN_ACC].where(~sel["diverged"], CHANCE_ACC),
+        shift=sel[RUN_ID].map(shift),
+        ics=sel[RUN_ID].map(ics_by_run(mine)),
     )
     pts = point_table(per_run, ["arm"], "train")
     for column in ("shift", "ics", "acc"):
         pts[column] = pts["arm"].map(per_run.groupby("arm")[column].mean())
     rows: list[Verdict] = []
-    numbers: dict[str, Any] = {"lr": STANDARD["optim.lr"]}
+    numbers: dict[str, Any] = {"lr": STANDARD[K.optim.lr]}
     shifts = per_run.groupby("arm")["shift"].mean()
     if "fixup" not in shifts or not noisy:
         rows.append(
@@ -191,12 +192,12 @@ def ics_section(tables: RunTables) -> Finding:
             "ICS (1 - cos)": pts["ics"].map(sig3_cell),
         }
     )
-    curves = tables.epochs[tables.epochs["run_id"].isin(sel["run_id"])].merge(
-        sel[["run_id", "arm"]].rename(columns={"arm": "norm.kind"}), on="run_id"
+    curves = tables.epochs[tables.epochs[RUN_ID].isin(sel[RUN_ID])].merge(
+        sel[[RUN_ID, "arm"]].rename(columns={"arm": K.norm.kind}), on=RUN_ID
     )
     data = {
         "points": pts,
-        "curves": curves.assign(**{"optim.lr": STANDARD["optim.lr"]}),
+        "curves": curves.assign(**{K.optim.lr: STANDARD[K.optim.lr]}),
         "shift": shift_rows(mine, _as_norms(sel)),
         "ics": _ics_rows(mine, sel),
     }
@@ -216,14 +217,14 @@ def _magnitude(arm: str) -> float:
 
 def _as_norms(sel: pd.DataFrame) -> pd.DataFrame:
     """The arms as the figures' series (`norm.kind`), at the experiment's lr."""
-    return sel.assign(**{"norm.kind": sel["arm"], "optim.lr": STANDARD["optim.lr"]})
+    return sel.assign(**{K.norm.kind: sel["arm"], K.optim.lr: STANDARD[K.optim.lr]})
 
 
 def _ics_rows(probes: pd.DataFrame, sel: pd.DataFrame) -> pd.DataFrame:
-    rows = probes[probes["probe"].eq("ics") & probes["metric"].eq("ics_cos")]
-    return rows.merge(
-        sel[["run_id", "arm"]].rename(columns={"arm": "norm.kind"}), on="run_id"
-    ).assign(**{"optim.lr": STANDARD["optim.lr"]})
+    rows = probes[probes[PROBE].eq("ics") & probes[METRIC].eq("ics_cos")]
+    return rows.merge(sel[[RUN_ID, "arm"]].rename(columns={"arm": K.norm.kind}), on=RUN_ID).assign(
+        **{K.optim.lr: STANDARD[K.optim.lr]}
+    )
 
 
 # ----------------------------------------------------------------------------- landscape
@@ -263,13 +264,13 @@ def _ics_rows(probes: pd.DataFrame, sel: pd.DataFrame) -> pd.DataFrame:
 def landscape_section(tables: RunTables) -> Finding:
     runs, probes = tables.runs, tables.probes
     sel, setting, notes = select_arms(
-        runs, [], (BN, "fixup", "skipinit"), flag(runs, "probe.landscape")
+        runs, [], (BN, "fixup", "skipinit"), flag(runs, K.probe.landscape)
     )
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
-    mine = probes[probes["run_id"].isin(sel["run_id"]) & probes["probe"].eq("landscape")]
-    mine = mine.merge(sel[["run_id", "arm"]], on="run_id")
-    loss = mine[mine["metric"].eq(LANDSCAPE_LOSS)]
+    mine = probes[probes[RUN_ID].isin(sel[RUN_ID]) & probes[PROBE].eq("landscape")]
+    mine = mine.merge(sel[[RUN_ID, "arm"]], on=RUN_ID)
+    loss = mine[mine[METRIC].eq(LANDSCAPE_LOSS)]
     rows: list[Verdict] = []
     numbers: dict[str, Any] = {}
     table = []
@@ -284,18 +285,18 @@ def landscape_section(tables: RunTables) -> Finding:
             )
         )
     else:
-        first = loss.sort_values("step").groupby("run_id")["value"].first()
-        lowest = loss.groupby("run_id")["value"].min()
+        first = loss.sort_values(STEP).groupby(RUN_ID)[VALUE].first()
+        lowest = loss.groupby(RUN_ID)[VALUE].min()
         top, bottom = float(first.min()), float(lowest.max())
         levels = [bottom + q * (top - bottom) for q in LANDSCAPE_LEVELS]
         numbers["matched_loss_levels"] = [round(v, 3) for v in levels]
-        steps = {rid: _steps_at(part, levels) for rid, part in loss.groupby("run_id")}
+        steps = {rid: _steps_at(part, levels) for rid, part in loss.groupby(RUN_ID)}
         for arm in [a for a in ("fixup", "skipinit") if a in set(sel["arm"])]:
             for metric, label in LANDSCAPE.items():
                 logs = {
                     a: estimate(
                         _mean_log(mine, rid, metric, steps.get(rid, []))
-                        for rid in sel.loc[sel["arm"].eq(a), "run_id"]
+                        for rid in sel.loc[sel["arm"].eq(a), RUN_ID]
                     )
                     for a in (BN, arm)
                 }
@@ -316,8 +317,8 @@ def landscape_section(tables: RunTables) -> Finding:
                 )
     evidence = pd.DataFrame(table)
     data = {
-        "landscape": mine.rename(columns={"arm": "norm.kind"}).assign(
-            **{"optim.lr": STANDARD["optim.lr"]}
+        "landscape": mine.rename(columns={"arm": K.norm.kind}).assign(
+            **{K.optim.lr: STANDARD[K.optim.lr]}
         )
     }
     return compared(rows, numbers, evidence, setting, notes, data)
@@ -325,18 +326,18 @@ def landscape_section(tables: RunTables) -> Finding:
 
 def _steps_at(loss_rows: pd.DataFrame, levels: list[float]) -> list[int]:
     """For each level, the first probed step whose loss is at most the level."""
-    ordered = loss_rows.sort_values("step")
+    ordered = loss_rows.sort_values(STEP)
     out = []
     for level in levels:
-        hit = ordered.loc[ordered["value"] <= level, "step"]
+        hit = ordered.loc[ordered[VALUE] <= level, STEP]
         if not hit.empty:
             out.append(int(hit.iloc[0]))
     return out
 
 
 def _mean_log(rows: pd.DataFrame, run_id: str, metric: str, steps: list[int]) -> float:
-    values = rows.loc[rows["run_id"].eq(run_id) & rows["metric"].eq(metric), ["step", "value"]]
-    values = values.set_index("step")["value"]
+    values = rows.loc[rows[RUN_ID].eq(run_id) & rows[METRIC].eq(metric), [STEP, VALUE]]
+    values = values.set_index(STEP)[VALUE]
     picked = [values.get(s, np.nan) for s in steps]
     picked = [1e6 if not np.isfinite(v) and not np.isnan(v) else v for v in picked]
     picked = [v for v in picked if not np.isnan(v) and v > 0]
@@ -376,15 +377,15 @@ def alternatives_section(tables: RunTables) -> Finding:
     rows: list[Verdict] = []
     numbers: dict[str, Any] = {"smallest_statistics_batch": int(small)}
     for alt in [a for a in ALTERNATIVES if a in set(sel["arm"])]:
-        alt_e = estimate_at(sel, arm=alt)
+        alt_e = estimate_at(sel, {"arm": alt})
         why = never_trains(alt_e.mean) if alt_e.mean < TRAINS_AT else ""
-        effect = in_pp(difference(alt_e, estimate_at(sel, arm=small_arm)))
+        effect = in_pp(difference(alt_e, estimate_at(sel, {"arm": small_arm})))
         rows.append(
             verdict_row(
                 f"{alt} vs BN with {int(small)}-sample statistics", effect, ALT_MIN_PP, "pp", why
             )
         )
-        numbers[f"{alt}_minus_bn128_pp"] = pct(alt_e.mean - estimate_at(sel, arm=BN).mean)
+        numbers[f"{alt}_minus_bn128_pp"] = pct(alt_e.mean - estimate_at(sel, {"arm": BN}).mean)
     if not rows:
         rows.append(
             verdict_row(
@@ -436,7 +437,7 @@ MODES = {  # summary.json bn_modes key -> the evaluation's name in the report
 )
 def batch_why_section(tables: RunTables) -> Finding:
     runs = tables.runs
-    cols = [f"bn_modes.{k}" for k in MODES]
+    cols = [BN_MODES + k for k in MODES]
     if not set(cols) <= set(runs.columns):
         return no_data(["no run has the bn_modes evaluations (probe.bn_modes)"])
     # Only runs with the four evaluations (a twin without probe.bn_modes trained the same).
@@ -445,15 +446,15 @@ def batch_why_section(tables: RunTables) -> Finding:
     if sel.empty:
         return no_data(notes + ["no BN run has the bn_modes evaluations"])
     long = sel.melt(
-        id_vars=["run_id", "stat_batch"], value_vars=cols, var_name="mode", value_name="value"
+        id_vars=[RUN_ID, "stat_batch"], value_vars=cols, var_name="mode", value_name="value"
     )
-    long["mode"] = long["mode"].str.removeprefix("bn_modes.").map(MODES)
+    long["mode"] = long["mode"].str.removeprefix(BN_MODES).map(MODES)
     pts = point_table(long, ["mode", "stat_batch"], "value")
     sizes = sorted(set(sel["stat_batch"]))
     rows: list[Verdict] = []
     numbers: dict[str, Any] = {}
     small = sizes[0]
-    at = {k: estimate_at(sel, column=f"bn_modes.{k}", stat_batch=float(small)) for k in MODES}
+    at = {k: estimate_at(sel, {"stat_batch": float(small)}, BN_MODES + k) for k in MODES}
     numbers |= {f"g{int(small)}_{k}_pct": pct(at[k].mean) for k in MODES}
     rows.append(
         verdict_row(
@@ -464,7 +465,7 @@ def batch_why_section(tables: RunTables) -> Finding:
         )
     )
     if 128.0 in sizes and small < 128:
-        ref = {k: estimate_at(sel, column=f"bn_modes.{k}", stat_batch=128.0) for k in MODES}
+        ref = {k: estimate_at(sel, {"stat_batch": 128.0}, BN_MODES + k) for k in MODES}
         rows.append(
             verdict_row(
                 f"training noise: (d) at g=128 - (d) at g={int(small)}",
@@ -511,14 +512,14 @@ def batch_why_section(tables: RunTables) -> Finding:
 def deep_no_norm_section(tables: RunTables) -> Finding:
     sel, setting, notes = select_arms(
         tables.runs,
-        ["model.depth", "optim.lr"],
+        [K.model.depth, K.optim.lr],
         (BN, "none", *DEEP_ARMS),
-        tables.runs["model.residual"].eq(True),
+        tables.runs[K.model.residual].eq(True),
     )
     if sel.empty:
         return no_data(notes)
     sel = at_own_lr(sel, notes)
-    key = "model.depth"
+    key = K.model.depth
     pts = point_table(sel, ["arm", key], "acc")
     arms = (BN, "none", *DEEP_ARMS)
     depths = sorted(
@@ -533,8 +534,8 @@ def deep_no_norm_section(tables: RunTables) -> Finding:
             set(pts.loc[pts["arm"].eq(arm), key]) & set(pts.loc[pts["arm"].eq(BN), key])
         ):
             numbers[f"{arm}_minus_bn_depth_{int(depth)}_pp"] = pct(
-                estimate_at(sel, arm=arm, model__depth=depth).mean
-                - estimate_at(sel, arm=BN, model__depth=depth).mean
+                estimate_at(sel, {"arm": arm, key: depth}).mean
+                - estimate_at(sel, {"arm": BN, key: depth}).mean
             )
     if not depths:
         rows.append(
@@ -545,9 +546,9 @@ def deep_no_norm_section(tables: RunTables) -> Finding:
     else:
         deep = depths[-1]
         numbers["deciding_depth"] = int(deep)
-        naive = estimate_at(sel, arm="none", model__depth=deep)
+        naive = estimate_at(sel, {"arm": "none", key: deep})
         for arm in DEEP_ARMS:
-            e = estimate_at(sel, arm=arm, model__depth=deep)
+            e = estimate_at(sel, {"arm": arm, key: deep})
             why = never_trains(e.mean) if e.mean < TRAINS_AT else ""
             rows.append(
                 verdict_row(
@@ -558,7 +559,5 @@ def deep_no_norm_section(tables: RunTables) -> Finding:
                     why,
                 )
             )
-    evidence = pivot(
-        pts.assign(cell=ci_cells(pts)), key, "depth", by="arm", order=arms, cell="cell"
-    )
+    evidence = pivot(pts, key, "depth", by="arm", order=arms)
     return compared(rows, numbers, evidence, setting, notes, {"points": pts})

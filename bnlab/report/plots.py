@@ -31,6 +31,7 @@ from bnlab.report.figure_kit import (
     norms_in,
     y_top,
 )
+from bnlab.report.keys import RUN_ID, TEST_ACC, TRAIN_LOSS, K
 
 # ----------------------------------------------------------------------------- figures
 
@@ -41,12 +42,12 @@ def lr_accuracy(result: ClaimResult) -> Figure:
     fig, ax = new_figure(ONE_PANEL)
     for i, arm in enumerate(norms_in(pts, "arm")):
         sub = pts[pts["arm"].eq(arm)]
-        ci_errorbar(ax, sub, "optim.lr", arm, arm_label(arm))
+        ci_errorbar(ax, sub, K.optim.lr, arm, arm_label(arm))
         # Diverged seeds: an x on a row of its own at the bottom, annotated k/n.
         bad = sub[sub["diverged"] > 0]
         y = 3.0 + 5.0 * i
         ax.plot(
-            bad["optim.lr"],
+            bad[K.optim.lr],
             [y] * len(bad),
             "x",
             color=norm_colour(arm),
@@ -54,7 +55,7 @@ def lr_accuracy(result: ClaimResult) -> Figure:
             mew=2,
             label=f"{arm_label(arm)} diverged (k of n seeds)" if len(bad) else None,
         )
-        for lr, d, n in zip(bad["optim.lr"], bad["diverged"], bad["n"], strict=True):
+        for lr, d, n in zip(bad[K.optim.lr], bad["diverged"], bad["n"], strict=True):
             ax.annotate(
                 f"{int(d)}/{int(n)}",
                 (lr, y),
@@ -63,7 +64,7 @@ def lr_accuracy(result: ClaimResult) -> Figure:
                 fontsize=8,
                 color=norm_colour(arm),
             )
-    log_x(ax, pts["optim.lr"])
+    log_x(ax, pts[K.optim.lr])
     chance_line(ax)
     ax.axhline(100 * TRAINS_AT, color="0.3", ls="--", lw=1, label="trains: 25%")
     ax.set_xlabel("peak learning rate (log scale)")
@@ -78,18 +79,18 @@ def training_curves(result: ClaimResult) -> Figure:
     curves = result.data["curves"]
     fig, (acc_ax, loss_ax) = new_figure(TWO_PANELS, ncols=2)
     for norm in norms_in(curves):
-        sub = curves[curves["norm.kind"].eq(norm)]
-        n = sub["run_id"].nunique()
+        sub = curves[curves[K.norm.kind].eq(norm)]
+        n = sub[RUN_ID].nunique()
         label = f"{arm_label(norm)} ({n} seed{'s' if n > 1 else ''})"
-        band(acc_ax, sub, "test_acc", norm, label, scale=100)
-        band(loss_ax, sub, "train_loss", norm, label)
+        band(acc_ax, sub, TEST_ACC, norm, label, scale=100)
+        band(loss_ax, sub, TRAIN_LOSS, norm, label)
     target = result.numbers.get("curve_target_acc_pct")
     if target is not None:
         acc_ax.axhline(target, color="0.3", ls="--", lw=1, label=f"target {target:.1f}%")
     acc_ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     loss_ax.set_ylabel("training loss (cross-entropy, log scale), mean ± std")
     # Log scale: a diverging run's loss (hundreds or more) must not flatten the others.
-    loss = curves["train_loss"].replace([np.inf, -np.inf], np.nan).dropna()
+    loss = curves[TRAIN_LOSS].replace([np.inf, -np.inf], np.nan).dropna()
     if not loss.empty and (loss > 0).all():
         loss_ax.set_yscale("log")
     else:
@@ -110,10 +111,10 @@ def depth_accuracy(result: ClaimResult) -> Figure:
     fig, ax = new_figure(ONE_PANEL)
     for arm in norms_in(pts, "arm"):
         for residual, ls, arch in ((True, "-", "residual"), (False, "--", "plain")):
-            sub = pts[pts["arm"].eq(arm) & pts["model.residual"].eq(residual)]
+            sub = pts[pts["arm"].eq(arm) & pts[K.model.residual].eq(residual)]
             if not sub.empty:
-                ci_errorbar(ax, sub, "model.depth", arm, f"{arm_label(arm)}, {arch}", ls=ls)
-    depth_axis(ax, pts["model.depth"])
+                ci_errorbar(ax, sub, K.model.depth, arm, f"{arm_label(arm)}, {arch}", ls=ls)
+    depth_axis(ax, pts[K.model.depth])
     ax.set_xlabel("depth (layers)")
     ax.set_ylabel(CI_YLABEL)
     ax.set_ylim(0, y_top(pts["high"].fillna(pts["mean"])))
@@ -138,12 +139,12 @@ def batch_accuracy(result: ClaimResult) -> Figure:
         for norm in norms_in(protocol):
             ci_errorbar(
                 wh_ax,
-                protocol[protocol["norm.kind"].eq(norm)],
-                "data.batch_size",
+                protocol[protocol[K.norm.kind].eq(norm)],
+                K.data.batch_size,
                 norm,
                 norm_label(norm),
             )
-        log_x(wh_ax, protocol["data.batch_size"], 2)
+        log_x(wh_ax, protocol[K.data.batch_size], 2)
         wh_ax.set_ylim(0, y_top(protocol["high"].fillna(protocol["mean"])))
         legend(wh_ax, loc="lower right")
     chance_line(wh_ax)
@@ -157,7 +158,7 @@ def batch_accuracy(result: ClaimResult) -> Figure:
 
 @figure("init_accuracy")
 def init_accuracy(result: ClaimResult) -> Figure:
-    return accuracy_vs(result, "model.init_scale", "weight scale at init (log scale)", 10)
+    return accuracy_vs(result, K.model.init_scale, "weight scale at init (log scale)", 10)
 
 
 @figure("regularization_gap")
@@ -194,7 +195,7 @@ def regularization_gap(result: ClaimResult) -> Figure:
 def inference_accuracy(result: ClaimResult) -> Figure:
     pts, running = result.data["points"], result.data["running"]
     fig, ax = new_figure(ONE_PANEL)
-    for i, (batch, sub) in enumerate(pts.groupby("data.batch_size")):
+    for i, (batch, sub) in enumerate(pts.groupby(K.data.batch_size)):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
         marker = MARKERS[i % len(MARKERS)]  # curves of several batch sizes may coincide
         sub = sub.sort_values("eval_batch")
@@ -208,7 +209,7 @@ def inference_accuracy(result: ClaimResult) -> Figure:
             capsize=3,
             label=f"trained at batch {int(batch)}: batch statistics",
         )
-        run = running[running["data.batch_size"].eq(batch)].iloc[0]
+        run = running[running[K.data.batch_size].eq(batch)].iloc[0]
         ax.axhline(
             100 * run["mean"],
             color=colour,
@@ -229,8 +230,8 @@ def inference_accuracy(result: ClaimResult) -> Figure:
 def norms_accuracy(result: ClaimResult) -> Figure:
     pts = result.data["points"]
     fig, ax = new_figure(ONE_PANEL)
-    batches = sorted(set(pts["data.batch_size"]))
-    bars(ax, pts, "data.batch_size", batches, [f"{int(b)}" for b in batches], "")
+    batches = sorted(set(pts[K.data.batch_size]))
+    bars(ax, pts, K.data.batch_size, batches, [f"{int(b)}" for b in batches], "")
     chance_line(ax)
     ax.set_xlabel("training batch size (lr = 0.1 x batch/128)")
     ax.set_ylabel("final test accuracy (%), mean ± std\n(diverged run = chance)")

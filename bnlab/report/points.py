@@ -1,8 +1,9 @@
 """Grid points: the accuracy a run counts with, and looking points up by norm or arm.
 
-A grid point is one row of `stats.aggregate`: the config values that define it, and
-mean/std/n of a value over its seeds. Points are keyed by norm (`norm.kind`) or by
-arm (an `arm` column, e.g. "fixup" or "ghost_bn/4"): `by` says which.
+A grid point is one row of `stats.aggregate` or `intervals.point_table`: the config
+values that define it, and the mean (and spread) of a value over its seeds. Points are
+keyed by norm (`norm.kind`) or by arm (an `arm` column, e.g. "fixup" or "ghost_bn/4"):
+`by` says which.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from bnlab.report.cells import acc_cell, pct
+from bnlab.report.cells import ci_cell, pct
+from bnlab.report.keys import DIVERGED, STATUS, TEST_ACC, K
 from bnlab.report.stats import Comparison
 
 CHANCE_ACC = 0.1  # 10 classes: a diverged run scores chance wherever accuracy is averaged
@@ -23,18 +25,18 @@ LEARNS = CHANCE_ACC + LEARNS_ABOVE_CHANCE
 NORM_ORDER = ("bn", "gn", "ln", "none")
 
 
-def with_acc(runs: pd.DataFrame, column: str = "test_acc", name: str = "acc") -> pd.DataFrame:
+def with_acc(runs: pd.DataFrame, column: str = TEST_ACC, name: str = "acc") -> pd.DataFrame:
     """`name`: the final `column` accuracy, chance for a diverged run (it learned
     nothing usable)."""
-    return runs.assign(**{name: runs[column].where(runs["status"].ne("diverged"), CHANCE_ACC)})
+    return runs.assign(**{name: runs[column].where(runs[STATUS].ne(DIVERGED), CHANCE_ACC)})
 
 
-def values_of(pts: pd.DataFrame, who: str, key: str, by: str = "norm.kind") -> set[Any]:
+def values_of(pts: pd.DataFrame, who: str, key: str, by: str = K.norm.kind) -> set[Any]:
     """The `key` values tried with `who` (a norm, or an arm label when `by` is "arm")."""
     return set(pts.loc[pts[by].eq(who), key].dropna())
 
 
-def point(pts: pd.DataFrame, who: str, value: Any, key: str, by: str = "norm.kind") -> pd.Series:
+def point(pts: pd.DataFrame, who: str, value: Any, key: str, by: str = K.norm.kind) -> pd.Series:
     """The point of `who` at `key` = `value`."""
     return pts[pts[by].eq(who) & pts[key].eq(value)].iloc[0]
 
@@ -68,22 +70,20 @@ def pivot(
     pts: pd.DataFrame,
     key: str,
     label: str,
-    by: str = "norm.kind",
+    by: str = K.norm.kind,
     order: Sequence[str] = NORM_ORDER,
-    cell: str | None = None,
 ) -> pd.DataFrame:
     """Norms (or arms: `by`) as rows, in `order` then by name; `key` values as columns;
-    "mean ± std" cells (n in the cell), or the text of column `cell` when given."""
+    "mean [95% CI] (n=k)" cells (cells.ci_cell)."""
 
     def rank(name: str) -> tuple[int, str]:
         return (order.index(name) if name in order else len(order), name)
 
     rows = sorted(set(pts[by]), key=rank)
-    table = pd.DataFrame({"norm" if by == "norm.kind" else by: rows})
+    table = pd.DataFrame({"norm" if by == K.norm.kind else by: rows})
     for value in sorted(set(pts[key])):
         sub = pts[pts[key].eq(value)].set_index(by)
         table[f"{label} {value:g} acc %"] = [
-            (sub.loc[n, cell] if cell else acc_cell(sub.loc[n])) if n in sub.index else "–"
-            for n in rows
+            ci_cell(sub.loc[n]) if n in sub.index else "–" for n in rows
         ]
     return table

@@ -19,15 +19,27 @@ import pandas as pd
 from bnlab.report.core import ClaimResult
 from bnlab.report.figure_kit import save_figure
 from bnlab.report.intervals import seed_noise
+from bnlab.report.keys import (
+    BNLAB_VERSION,
+    DATASET,
+    DEVICE,
+    FAILED,
+    GIT_COMMIT,
+    INCOMPLETE,
+    RUN_NAME,
+    STATUS,
+    K,
+)
 from bnlab.report.load import RunTables
 from bnlab.report.sections import FIGURES
 from bnlab.report.tables import cell_text, html_table, markdown_table
 
 TITLE = "bnlab report: popular claims about Batch Normalization"
 FIGURES_DIR = "figures"
+RUNS_CSV, EPOCHS_CSV, REPORT_MD, REPORT_HTML = "runs.csv", "epochs.csv", "report.md", "report.html"
 # What a report folder holds, in the order it is moved into place: figures first and
 # the documents last, so a reader who opens report.md as it appears finds its figures.
-OWNED = (FIGURES_DIR, "runs.csv", "epochs.csv", "report.md", "report.html")
+OWNED = (FIGURES_DIR, RUNS_CSV, EPOCHS_CSV, REPORT_MD, REPORT_HTML)
 MAX_LISTED = 8  # commits/devices listed before "and N more"
 
 
@@ -56,12 +68,12 @@ def write_report(folder: Path, tables: RunTables, claims: list[ClaimResult]) -> 
             png, svg = save_figure(fig, fig_dir, key)
             figures += [png.relative_to(folder), svg.relative_to(folder)]
             pngs[key] = png.read_bytes()
-    runs_csv, epochs_csv = folder / "runs.csv", folder / "epochs.csv"
+    runs_csv, epochs_csv = folder / RUNS_CSV, folder / EPOCHS_CSV
     _csv_ready(tables.runs).to_csv(runs_csv, index=False)
     tables.epochs.to_csv(epochs_csv, index=False)
     facts = header_facts(tables)
     problems = problem_runs(tables)
-    report_md, report_html = folder / "report.md", folder / "report.html"
+    report_md, report_html = folder / REPORT_MD, folder / REPORT_HTML
     report_md.write_text(render_markdown(facts, claims, problems))
     report_html.write_text(render_html(facts, claims, problems, pngs))
     names = [p.relative_to(folder) for p in (report_md, report_html, runs_csv, epochs_csv)]
@@ -73,16 +85,16 @@ def write_report(folder: Path, tables: RunTables, claims: list[ClaimResult]) -> 
 
 def header_facts(tables: RunTables) -> list[tuple[str, str]]:
     runs = tables.runs
-    counts = runs["status"].value_counts()
+    counts = runs[STATUS].value_counts()
     by_status = ", ".join(f"{n} {s}" for s, n in counts.sort_index().items())
     skipped = f"; {len(tables.skipped)} unreadable folder(s) skipped" if tables.skipped else ""
     return [
-        ("Dataset variants", _listing(runs.get("dataset"))),
-        ("Presets", _listing(runs.get("preset_name"))),
+        ("Dataset variants", _listing(runs.get(DATASET))),
+        ("Presets", _listing(runs.get(K.preset_name))),
         ("Runs", f"{len(runs)} ({by_status}){skipped}"),
-        ("bnlab versions", _listing(runs.get("bnlab_version"))),
-        ("Git commits", _listing(runs.get("git_commit"))),
-        ("Devices", _listing(runs.get("device"))),
+        ("bnlab versions", _listing(runs.get(BNLAB_VERSION))),
+        ("Git commits", _listing(runs.get(GIT_COMMIT))),
+        ("Devices", _listing(runs.get(DEVICE))),
         ("Seed noise", seed_noise_text(runs)),
     ]
 
@@ -105,12 +117,12 @@ def problem_runs(tables: RunTables) -> pd.DataFrame:
         {"run folder": name, "status": "skipped", "reason": why} for name, why in tables.skipped
     ]
     runs = tables.runs
-    for _, run in runs[runs["status"].isin(["incomplete", "failed"])].iterrows():
-        if run["status"] == "incomplete":
+    for _, run in runs[runs[STATUS].isin([INCOMPLETE, FAILED])].iterrows():
+        if run[STATUS] == INCOMPLETE:
             reason = "no summary.json: still running or interrupted (rerun to resume)"
         else:
             reason = str(run.get("error") or "failed (no error recorded)")
-        rows.append({"run folder": run["run_name"], "status": run["status"], "reason": reason})
+        rows.append({"run folder": run[RUN_NAME], "status": run[STATUS], "reason": reason})
     return pd.DataFrame(rows, columns=["run folder", "status", "reason"])
 
 

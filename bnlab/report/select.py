@@ -18,40 +18,52 @@ import pandas as pd
 
 from bnlab.config import RESIDUAL_INITS, OptimConfig
 from bnlab.norm_kinds import BatchRenormConfig
+from bnlab.report.keys import (
+    BN_EVAL_RUNNING,
+    COMPLETED,
+    DATASET,
+    STATUS,
+    TRAIN_IMAGES,
+    K,
+    section_prefix,
+)
 from bnlab.store import FINISHED, NON_SCIENCE_KEYS
 
 # The recipe every claim holds fixed unless it varies that factor (He et al.'s ResNet-20).
 STANDARD: dict[str, Any] = {
-    "model.depth": 20,
+    K.model.depth: 20,
     # He init: Fixup/SkipInit runs (deep_no_norm) are another recipe, not a seed of these.
-    "model.init": "kaiming",
-    "model.residual": True,
-    "model.init_scale": 1.0,
-    "data.augment": True,
-    "data.batch_size": 128,
-    "optim.lr": OptimConfig.lr,  # the default lr, stated once (bnlab.config)
+    K.model.init: "kaiming",
+    K.model.residual: True,
+    K.model.init_scale: 1.0,
+    K.data.augment: True,
+    K.data.batch_size: 128,
+    K.optim.lr: OptimConfig.lr,  # the default lr, stated once (bnlab.config)
 }
-# The standard recipe's architecture: the fixed part of claims that vary the data or norm.
-RESNET20 = {
-    k: STANDARD[k] for k in ("model.depth", "model.residual", "model.init", "model.init_scale")
-}
+
+
+def recipe_without(*keys: str) -> dict[str, Any]:
+    """The standard recipe but for `keys` (the factors a section varies)."""
+    return {k: v for k, v in STANDARD.items() if k not in keys}
+
+
 # Keys that define the scale and recipe of an experiment; runs compared in one claim
 # share all of them. Norm-specific keys (norm.groups, ...) are left out on purpose:
 # comparing norms is the point.
 SETTING_KEYS = (
-    "data.name",
-    "preset_name",
-    "train.epochs",
-    "data.train_size",
-    "data.test_size",
-    "optim.schedule",
-    "optim.momentum",
-    "optim.weight_decay",
-    "optim.nesterov",
-    "optim.warmup_epochs",
-    "model.arch",
-    "model.init",
-    "model.width",
+    K.data.name,
+    K.preset_name,
+    K.train.epochs,
+    K.data.train_size,
+    K.data.test_size,
+    K.optim.schedule,
+    K.optim.momentum,
+    K.optim.weight_decay,
+    K.optim.nesterov,
+    K.optim.warmup_epochs,
+    K.model.arch,
+    K.model.init,
+    K.model.width,
 )
 # When several settings match, the one with the most runs decides; ties go to the
 # larger scale.
@@ -62,7 +74,7 @@ RENORM_WARMUP = BatchRenormConfig.warmup_steps
 # Config sections that decide how a run trains. probe.* only adds measurements after
 # training, so runs that differ only there (the inference sweep's lr=0.1 batch-128
 # runs and the lr sweep's) trained identically and count once at a grid point.
-TRAINING_PREFIXES = ("data.", "model.", "norm.", "optim.", "train.")
+TRAINING_PREFIXES = tuple(section_prefix(s) for s in (K.data, K.model, K.norm, K.optim, K.train))
 # bnlab.store.NON_SCIENCE_KEYS within those sections: how a run executed, not what.
 EXECUTION_KEYS = tuple(k for k in NON_SCIENCE_KEYS if k.startswith(TRAINING_PREFIXES))
 
@@ -100,14 +112,14 @@ def matches(runs: pd.DataFrame, fixed: Mapping[str, Any]) -> pd.Series:
 
 def bn_eval_probed(runs: pd.DataFrame) -> pd.Series:
     """Completed rows at the linearly scaled lr that carry the bn_eval probe (inference)."""
-    probed = runs.get("bn_eval.running_stats_acc", pd.Series(np.nan, index=runs.index)).notna()
-    return linear_lr(runs) & probed & runs["status"].eq("completed")
+    probed = runs.get(BN_EVAL_RUNNING, pd.Series(np.nan, index=runs.index)).notna()
+    return linear_lr(runs) & probed & runs[STATUS].eq(COMPLETED)
 
 
 def linear_lr(runs: pd.DataFrame) -> pd.Series:
     """Rows whose lr follows the linear scaling rule, 0.1 x batch/128 (batch claims)."""
-    lr = pd.to_numeric(runs["optim.lr"], errors="coerce").to_numpy(dtype=float)
-    batch = pd.to_numeric(runs["data.batch_size"], errors="coerce").to_numpy(dtype=float)
+    lr = pd.to_numeric(runs[K.optim.lr], errors="coerce").to_numpy(dtype=float)
+    batch = pd.to_numeric(runs[K.data.batch_size], errors="coerce").to_numpy(dtype=float)
     return pd.Series(
         np.isclose(lr, LINEAR_LR_BASE * batch / LINEAR_LR_BATCH, rtol=1e-6), index=runs.index
     )
@@ -131,16 +143,16 @@ def select(
     """
     mask = matches(runs, fixed)
     if norms is not None:
-        mask &= runs["norm.kind"].isin(list(norms))
+        mask &= runs[K.norm.kind].isin(list(norms))
     if extra is not None:
         mask &= extra
     notes: list[str] = []
-    left_out = runs[mask & ~runs["status"].isin(FINISHED)]
+    left_out = runs[mask & ~runs[STATUS].isin(FINISHED)]
     if not left_out.empty:
-        counts = left_out["status"].value_counts().sort_index()
+        counts = left_out[STATUS].value_counts().sort_index()
         what = ", ".join(f"{n} {status}" for status, n in counts.items())
         notes.append(f"left out matching runs that have no result: {what}")
-    chosen = runs[mask & runs["status"].isin(FINISHED)]
+    chosen = runs[mask & runs[STATUS].isin(FINISHED)]
     if chosen.empty:
         return chosen, None, notes
     chosen, twins = drop_probe_twins(chosen)
@@ -172,7 +184,7 @@ def pick_setting(runs: pd.DataFrame, vary: Sequence[str] = ()) -> tuple[pd.DataF
 
     def rank(group: tuple[Any, pd.DataFrame]) -> tuple[int, int]:
         rows = group[1]
-        return len(rows), PRESET_RANK.get(str(rows["preset_name"].iloc[0]), 0)
+        return len(rows), PRESET_RANK.get(str(rows[K.preset_name].iloc[0]), 0)
 
     groups.sort(key=rank, reverse=True)
     chosen = groups[0][1]
@@ -186,12 +198,12 @@ def pick_setting(runs: pd.DataFrame, vary: Sequence[str] = ()) -> tuple[pd.DataF
 
 
 def describe_setting(runs: pd.DataFrame) -> Setting:
-    dataset = _most_common(runs.get("dataset")) or _most_common(runs.get("data.name")) or "?"
-    images = _most_common(runs.get("train_images"))
+    dataset = _most_common(runs.get(DATASET)) or _most_common(runs.get(K.data.name)) or "?"
+    images = _most_common(runs.get(TRAIN_IMAGES))
     return Setting(
         dataset=str(dataset),
-        preset=str(_most_common(runs.get("preset_name")) or "?"),
-        epochs=int(_most_common(runs["train.epochs"])),
+        preset=str(_most_common(runs.get(K.preset_name)) or "?"),
+        epochs=int(_most_common(runs[K.train.epochs])),
         train_images=int(images) if images is not None else None,
     )
 
@@ -227,13 +239,13 @@ def arm_labels(runs: pd.DataFrame) -> pd.Series:
     norms (bn_noisy/m0.5) -- and, without a norm, the residual init that replaces it
     (fixup, skipinit; the He-init net stays "none"). Runs of different arms are never
     averaged as seeds."""
-    label = runs["norm.kind"].astype(str).copy()
+    label = runs[K.norm.kind].astype(str).copy()
     nan = pd.Series(np.nan, index=runs.index)
     ghost = label.eq("ghost_bn")
-    vb = runs.get("norm.virtual_batch", nan)[ghost]
+    vb = runs.get(K.norm.virtual_batch, nan)[ghost]
     label[ghost] = [f"ghost_bn/{int(v)}" if pd.notna(v) else "ghost_bn" for v in vb]
     renorm = label.eq("batch_renorm")
-    warmup = runs.get("norm.warmup_steps", nan)[renorm]
+    warmup = runs.get(K.norm.warmup_steps, nan)[renorm]
     label[renorm] = [
         f"batch_renorm/w{int(w)}" if pd.notna(w) and int(w) != RENORM_WARMUP else "batch_renorm"
         for w in warmup
@@ -243,13 +255,13 @@ def arm_labels(runs: pd.DataFrame) -> pd.Series:
         f"{kind}/{noise_label(mean, scale, jitter)}"
         for kind, mean, scale, jitter in zip(
             label[noisy],
-            runs.get("norm.noise_mean", nan)[noisy],
-            runs.get("norm.noise_scale", nan)[noisy],
-            runs.get("norm.noise_jitter", nan)[noisy],
+            runs.get(K.norm.noise_mean, nan)[noisy],
+            runs.get(K.norm.noise_scale, nan)[noisy],
+            runs.get(K.norm.noise_jitter, nan)[noisy],
             strict=True,
         )
     ]
-    init = runs.get("model.init", pd.Series("kaiming", index=runs.index)).fillna("kaiming")
+    init = runs.get(K.model.init, pd.Series("kaiming", index=runs.index)).fillna("kaiming")
     replaced = label.eq("none") & init.isin(RESIDUAL_INITS)
     label[replaced] = init[replaced]
     return label
