@@ -242,7 +242,10 @@ def sweep(
         bool, typer.Option("--dry-run", help="List the grid's runs and their state; run nothing.")
     ] = False,
 ) -> None:
-    """Run a grid through Hydra's multirun: experiment=NAME|all, hydra/launcher=joblib|submitit_*.
+    """Run a grid of runs: experiment=NAME|all, hydra/launcher=joblib|submitit_local|slurm.
+
+    sweep.pack=auto|1|N: runs that differ only in seed, lr, weight decay, ... train
+    together as one model (auto: where it pays on the device; 1: each alone).
 
     Finished runs are skipped, interrupted ones resumed. One failing or
     diverging run never stops the sweep; the exit code is 1 only if a run failed.
@@ -250,10 +253,12 @@ def sweep(
     from rich.console import Console
 
     from bnlab.sweep.grid import expand, split_experiment_all
+    from bnlab.sweep.packs import labels, split_pack_setting
 
-    parts = split_experiment_all(overrides or [])
     sweeps = []
     try:
+        overrides, pack_setting = split_pack_setting(overrides or [])
+        parts = split_experiment_all(overrides)
         for part in parts:
             if len(parts) > 1:  # composing experiment=all takes minutes: say what it is doing
                 typer.echo(f"composing {part[0]} ({len(sweeps) + 1}/{len(parts)})", err=True)
@@ -263,7 +268,7 @@ def sweep(
     if not any(s.jobs for s in sweeps):
         raise _fail("the sweep has no runs")
 
-    from bnlab.sweep.launch import launch, preflight
+    from bnlab.sweep.launch import launch, pack_plan, preflight
     from bnlab.sweep.table import Row, render, rows_for
 
     if not dry_run:
@@ -278,14 +283,18 @@ def sweep(
     started = time.perf_counter()
     try:
         for s in sweeps:
-            title = f"{s.experiment or 'sweep'}: {len(s.jobs)} runs, launcher {s.launcher}"
             outcomes = None
-            if not dry_run:
-                try:
-                    outcomes = launch(s, Path(s.jobs[0].cfg.paths.runs))
-                except BnlabError as e:  # e.g. a SLURM request the cluster refuses
-                    raise _fail(str(e)) from None
-            rows = rows_for(s, outcomes)
+            try:
+                units = pack_plan(s, pack_setting)
+                if not dry_run:
+                    outcomes = launch(s, Path(s.jobs[0].cfg.paths.runs), units)
+            except BnlabError as e:  # e.g. a SLURM request the cluster refuses
+                raise _fail(str(e)) from None
+            in_packs = sum(len(u.nums) for u in units if u.is_pack)
+            title = f"{s.experiment or 'sweep'}: {len(s.jobs)} runs, launcher {s.launcher}" + (
+                f", {in_packs} of them in packs" if in_packs else ""
+            )
+            rows = rows_for(s, outcomes, labels(units))
             all_rows += rows
             render(title, s, rows, console)
             if dry_run and "slurm" in s.launcher:

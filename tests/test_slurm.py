@@ -104,7 +104,7 @@ def test_slurm_time_limits_read_as_minutes(text, minutes):
 def test_the_watch_cancels_jobs_that_can_never_start_and_only_those(tmp_path, monkeypatch):
     queue = [("7_0", "PENDING", "PartitionTimeLimit"), ("7_1", "PENDING", "Resources")]
     cancelled: list[str] = []
-    watch = bnlab_slurm.JobWatch(tmp_path, {"timeout_min": 120}, never_starts_after_s=10)
+    watch = bnlab_slurm.JobWatch(["7_0", "7_1"], {"timeout_min": 120}, never_starts_after_s=10)
     monkeypatch.setattr(watch, "queue", lambda: queue)
     monkeypatch.setattr(watch, "cancel", lambda: cancelled.append("all"))
     monkeypatch.setattr(bnlab_slurm, "never_starts_hint", lambda reason, params: "the hint")
@@ -139,8 +139,7 @@ def test_final_states_wait_for_accounting_to_record_each_end(tmp_path, monkeypat
         calls.append(cmd)
         return subprocess.CompletedProcess(list(cmd), 0, next(answers), "")
 
-    watch = bnlab_slurm.JobWatch(tmp_path, {})
-    monkeypatch.setattr(watch, "job_ids", lambda: ["9_0", "9_1"])
+    watch = bnlab_slurm.JobWatch(["9_0", "9_1"], {})
     monkeypatch.setattr(bnlab_slurm, "_run", sacct)
     monkeypatch.setattr(bnlab_slurm.time, "sleep", lambda s: None)
     assert watch.final_states() == {"9_0": "COMPLETED", "9_1": "CANCELLED"}
@@ -157,20 +156,28 @@ def test_final_states_wait_for_accounting_to_record_each_end(tmp_path, monkeypat
 def test_runs_whose_jobs_were_lost_are_marked_failed_and_only_those(runs):
     from bnlab.store import RunStore
     from bnlab.sweep.grid import expand
+    from bnlab.sweep.job import SweepTask
+    from bnlab.sweep.launchers import Lost
 
-    sweep = expand(["norm=bn,gn,ln", *SMOKE, f"paths.runs={runs}"])
-    bn, gn, ln = (RunStore(runs).run_dir(job.cfg) for job in sweep.jobs)
+    sweep = expand(["norm=bn,gn,ln,in", *SMOKE, f"paths.runs={runs}"])
+    bn, gn, ln, inorm = (RunStore(runs).run_dir(job.cfg) for job in sweep.jobs)
     bn.path.mkdir(parents=True)
     bn.write_summary({"status": "completed"})  # finished before its job was lost
-    states = {"9_0": "CANCELLED", "9_1": "NODE_FAIL", "9_2": "CANCELLED"}
+    lost = [Lost(SweepTask((n,), (j.cfg,), str(runs)), f"9_{n}", "UncompletedJobError: ...")
+            for n, j in enumerate(sweep.jobs)]  # fmt: skip
+    states = {"9_0": "CANCELLED", "9_1": "NODE_FAIL", "9_2": "CANCELLED"}  # 9_3: submitit_local
     with ln.lock():  # another sweep is training it right now
-        warnings = bnlab_slurm.mark_lost_runs(sweep, states)
+        warnings = bnlab_slurm.mark_lost_runs(lost, states)
     assert warnings == [
         f"SLURM job 9_1 ended NODE_FAIL before the run finished: {gn.path.name} marked failed "
-        "(rerun the sweep to resume it)"
+        "(rerun the sweep to resume it)",
+        f"job 9_3 ended without a result (UncompletedJobError: ...): {inorm.path.name} marked "
+        "failed (rerun the sweep to resume it)",
     ]
     assert bn.summary() == {"status": "completed"}
     assert gn.summary()["status"] == "failed" and gn.config_file.exists()  # a run, as a crash
+    assert gn.summary()["slurm_state"] == "NODE_FAIL"
+    assert inorm.summary()["status"] == "failed"
     assert ln.summary() is None
 
 

@@ -326,18 +326,42 @@ def test_a_version_outside_the_tested_range_is_named(monkeypatch):
     ]
 
 
-def test_split_grid_is_hydra_basic_sweepers_order():
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["norm=bn,none", "optim.lr=0.1,1", "x=2"],
+        ["arm=bn,fixup", "optim.lr=0.1,1", "train.seed=0,1,2", "optim.lr=0.3", "+a=b"],
+        ["train.seed=range(0,3)", "norm=choice(bn,gn)", "x='a b'", "norm=ln,bn"],
+        ["x=1"],
+    ],
+)
+def test_split_grid_is_hydra_basic_sweepers_order(overrides):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the reference
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from bnlab.sweep.adapters import split_grid
 
-    parsed = OverridesParser.create().parse_overrides(["norm=bn,none", "optim.lr=0.1,1", "x=2"])
-    assert split_grid(parsed) == [
-        ["norm=bn", "optim.lr=0.1", "x=2"],
-        ["norm=bn", "optim.lr=1", "x=2"],
-        ["norm=none", "optim.lr=0.1", "x=2"],
-        ["norm=none", "optim.lr=1", "x=2"],
-    ]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    [hydras] = BasicSweeper.split_arguments(parsed, None)
+    assert split_grid(parsed) == [list(job) for job in hydras]
+    if overrides[0] == "norm=bn,none":
+        assert split_grid(parsed) == [
+            ["norm=bn", "optim.lr=0.1", "x=2"],
+            ["norm=bn", "optim.lr=1", "x=2"],
+            ["norm=none", "optim.lr=0.1", "x=2"],
+            ["norm=none", "optim.lr=1", "x=2"],
+        ]
+
+
+def test_an_interval_sweep_is_refused_in_one_line():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from bnlab.errors import BnlabError
+    from bnlab.sweep.adapters import split_grid
+
+    parsed = OverridesParser.create().parse_overrides(["optim.lr=interval(0.1,1)"])
+    with pytest.raises(BnlabError, match="only lists, choice"):
+        split_grid(parsed)
 
 
 def test_sbatch_text_renders_without_slurm_installed(tmp_path, monkeypatch):
@@ -356,28 +380,21 @@ def test_sbatch_text_renders_without_slurm_installed(tmp_path, monkeypatch):
     assert SlurmExecutor.affinity() == -1  # submitit itself is left as it was
 
 
-def test_submitit_errors_are_told_apart(tmp_path):
+def test_submitit_errors_are_told_apart():
     import subprocess
 
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from bnlab.sweep.adapters import is_lost_job, sbatch_refusal, submitted_job_ids
+    from bnlab.sweep.adapters import sbatch_refusal
 
     refused = FailedJobError("sbatch: error: invalid partition specified: x")
     refused.__cause__ = subprocess.CalledProcessError(
         1, ["sbatch", "job.sh"], stderr="sbatch: error: invalid partition specified: x"
     )
     assert sbatch_refusal(refused) == "sbatch: error: invalid partition specified: x"
-    assert not is_lost_job(refused)
     lost = UncompletedJobError("Job 12_0 has not produced any output (state: CANCELLED)")
-    assert sbatch_refusal(lost) is None and is_lost_job(lost)
-    assert not is_lost_job(RuntimeError("a bug"))
-
-    for name in ("12_0", "12_1", "13", "notes"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "14").write_text("a file, not a job folder")
-    assert submitted_job_ids(tmp_path) == ["12_0", "12_1", "13"]
-    assert submitted_job_ids(tmp_path / "missing") == []
+    assert sbatch_refusal(lost) is None
+    assert sbatch_refusal(RuntimeError("a bug")) is None
 
 
 # Grid points as a sweep expands them: group choices and values, in Hydra's order. The

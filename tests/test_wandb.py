@@ -284,7 +284,7 @@ def test_csv_logger_makes_no_wandb_run(tmp_path, wandb_env):
 
 
 def test_sinks_one_after_another_in_one_process(tmp_path, wandb_env):
-    """Hydra's basic launcher runs every job of a sweep in the same process."""
+    """The basic launcher runs every job of a sweep in the same process."""
     cfg = _cfg(tmp_path, "experiment=lr")
     ids = ["111111111111", "222222222222", "333333333333"]
     dirs = []

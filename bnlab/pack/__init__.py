@@ -17,6 +17,12 @@ data, precision. The pieces, in the order a caller uses them:
     per epoch: step.stats.means(), guard.active, evaluate_pack(net, test_batches)
     checkpoints: unpack_state(net, k), opt.member_state_dict(k), guard.initial_loss(k)
     resume: pack_state(net, states), opt.load_member_state_dict(k, ...), guard.load(...)
+
+``bnlab.pack.run`` does all of that for runs (the packed ``bnlab.recipe.train``):
+``solo_reason(cfg)`` and ``pack_key(cfg)`` say which runs may share a pack, and
+``train_pack(cfgs, reporters)`` trains them, each member in its own run folder (solo
+checkpoint format, summary.json plus a "pack" field). It is not imported here: it
+brings the data, store and recipe modules, which the core does not need.
 """
 
 from bnlab.pack.divergence import PackDivergence

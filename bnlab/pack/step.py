@@ -199,4 +199,5 @@ def evaluate_pack(
             loss_sum[i] += F.cross_entropy(logits[i].float(), y, reduction="sum")
         correct += (logits.argmax(dim=-1) == y).sum(dim=1)
         n += y.numel()
-    return loss_sum / max(1, n), correct.double() / max(1, n)
+    # float64 division of the fp32 sums: the solo ``loss_sum.item() / n``, the same number.
+    return loss_sum.double() / max(1, n), correct.double() / max(1, n)

@@ -1,1 +1,2 @@
-"""`bnlab sweep`: a grid of runs through Hydra's multirun (sweeper + launcher plugins)."""
+"""`bnlab sweep`: a grid expanded and composed by bnlab, run on a launcher (basic, joblib,
+submitit local or SLURM)."""

@@ -9,33 +9,30 @@ widen it here and in pyproject.toml together.
 
 What is private here, and why bnlab needs it:
 
-- ``BasicSweeper.split_arguments`` (hydra._internal): the grid expansion
-  Hydra's own sweeper performs, so `bnlab sweep` can check every grid point
-  (and list them with --dry-run) before Hydra launches anything.
 - submitit's SlurmExecutor parameter conversion and
   ``_make_submission_file_text``: the exact sbatch script a SLURM sweep submits,
   rendered where SLURM is not installed (the dry run) and for `sbatch --test-only`.
-- submitit's on-disk layout (one ``<job id>`` folder per submitted job under
-  the submitit folder) and its exception types: which jobs a sweep submitted,
-  whether sbatch refused a job, whether a job ended without a result.
+- submitit's exception types (submitit.core.utils): whether sbatch refused a job.
 - ``ConfigLoaderImpl._apply_overrides_to_config`` and the config repository's
   ``group_exists``: the second half of Hydra's own composition (value overrides
   applied to the composed config), so a grid's points that share their config-group
   choices are composed once and differ only in values (``bnlab.compose.GridComposer``).
-- HYDRA_FULL_ERROR: Hydra's entry point prints any exception as a traceback
-  and exits 1; with it set the exception reaches bnlab, which says it in one line.
+
+The grid's expansion (``split_grid``) uses only Hydra's public override parser; the
+launchers (bnlab.sweep.launchers) only joblib's and submitit's public calls.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import itertools
 import re
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bnlab.errors import BnlabError
 
 # package -> (lowest tested version, first version not covered), as in pyproject.toml.
 TESTED_VERSIONS: dict[str, tuple[str, str]] = {
@@ -72,14 +69,23 @@ def untested_versions() -> list[str]:
 
 
 def split_grid(overrides: Sequence[Any]) -> list[list[str]]:
-    """Every job's overrides, in the order Hydra's basic sweeper launches them.
+    """Every job's overrides, in the order Hydra's basic sweeper would launch them.
 
-    `overrides` are parsed Hydra overrides (OverridesParser.parse_overrides).
+    `overrides` are parsed Hydra overrides (OverridesParser.parse_overrides). As the
+    basic sweeper: a key keeps the position of its first mention and takes the value
+    of its last; the grid is the cartesian product in that order, the last key fastest.
+    Only discrete sweeps (a,b,c; choice(); range()) make a grid.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    batches = BasicSweeper.split_arguments(list(overrides), None)
-    return [list(job) for batch in batches for job in batch]
+    axes: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise BnlabError(f"{key}: only lists, choice() and range() can sweep, not intervals")
+    return [list(job) for job in itertools.product(*axes.values())]
 
 
 def split_group_choices(overrides: Sequence[Any]) -> tuple[list[Any], list[Any]]:
@@ -104,20 +110,6 @@ def apply_value_overrides(overrides: Sequence[Any], cfg: Any) -> None:
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     ConfigLoaderImpl._apply_overrides_to_config(list(overrides), cfg)
-
-
-@contextlib.contextmanager
-def hydra_errors_raised() -> Iterator[None]:
-    """Within: an exception inside Hydra's multirun reaches the caller instead of a traceback."""
-    saved = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 # ----------------------------------------------------------------------------- submitit
@@ -154,15 +146,6 @@ def sbatch_text(launcher_params: dict[str, Any], folder: Path, job_name: str) ->
     return executor._make_submission_file_text(SUBMIT_COMMAND, "0")
 
 
-def submitted_job_ids(submitit_folder: Path) -> list[str]:
-    """SLURM job ids (array tasks as 12_0) submitit has submitted into this folder."""
-    try:
-        names = [p.name for p in submitit_folder.iterdir() if p.is_dir()]
-    except OSError:
-        return []
-    return sorted(n for n in names if re.fullmatch(r"\d+(_\d+)?", n))
-
-
 def sbatch_refusal(err: BaseException) -> str | None:
     """sbatch's own error text if `err` is submitit reporting a refused submission."""
     from submitit.core.utils import FailedJobError
@@ -175,10 +158,3 @@ def sbatch_refusal(err: BaseException) -> str | None:
     ):
         return str(cause.stderr or err)
     return None
-
-
-def is_lost_job(err: BaseException) -> bool:
-    """`err` is submitit saying a job ended without a result (cancelled, killed, node lost)."""
-    from submitit.core.utils import UncompletedJobError
-
-    return isinstance(err, UncompletedJobError) and sbatch_refusal(err) is None

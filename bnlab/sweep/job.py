@@ -1,12 +1,15 @@
-"""What one Hydra multirun job does: train one run, and never let it stop the sweep.
+"""What one launched job does: train its run, and never let it stop the sweep.
 
-Hydra's sweeper re-raises a job's exception and aborts the rest of the grid, so
-every failure is caught here and returned as a status; the run's own
-summary.json (status: failed) is the record. Only an interrupt propagates.
+bnlab composes every run of a sweep itself (bnlab.sweep.grid) and hands each
+launcher a list of `SweepTask`s: the run's finished config plus what the job needs
+to know about its neighbours (its share of the cores and of the GPU) and where to
+record its outcome. Nothing is composed again in the worker.
 
-A run can fail before its folder exists (no CUDA, an unwritable runs folder), so
-each job also records its outcome in the sweep's folder, <sweep dir>/jobs/, for
-the sweep's table (bnlab.sweep.launch.job_outcomes).
+Every failure is caught here and returned as a status; the run's own summary.json
+(status: failed) is the record. Only an interrupt propagates. A run can fail before
+its folder exists (no CUDA, an unwritable runs folder), so each job also records its
+outcome in the sweep's folder, <sweep dir>/jobs/<num>.json, for the sweep's table
+(bnlab.sweep.launch.job_outcomes).
 
 A job in a worker process of this machine (joblib's loky workers, submitit_local's
 jobs) stops when the sweep process dies: a SIGKILL of the sweep otherwise left its
@@ -17,15 +20,17 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import copy
 import json
 import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from bnlab.config import register_configs
 from bnlab.errors import BnlabError, first_line
@@ -40,47 +45,51 @@ WATCH_INTERVAL_S = 1.0
 ORPHAN_GRACE_S = 10.0
 ORPHAN_EXIT_CODE = 130  # as an interrupted sweep (bnlab.cli.EXIT_INTERRUPTED)
 
-# Worker processes (joblib/loky, submitit) import this module to unpickle the
-# task; the ${linear_lr:...} resolver must exist there before the config resolves.
+# Worker processes (joblib/loky, submitit) import this module to unpickle the task;
+# the ${linear_lr:...} resolver must exist there for the config's schema.
 register_configs()
 
 
-def _cores() -> int:
+@dataclass(frozen=True)
+class SweepTask:
+    """One job of a sweep: one run, or the runs of one pack; all its worker needs, picklable."""
+
+    nums: tuple[int, ...]  # the runs' positions in the sweep's grid
+    cfgs: tuple[DictConfig, ...]  # their composed, validated, resolved configs
+    sweep_dir: str  # where each run records its outcome (jobs/<num>.json)
+    threads: int | None = None  # CPU threads for the job (None: torch's default)
+    gpu_jobs: int = 1  # jobs sharing this machine's GPU at once
+
+
+@dataclass(frozen=True)
+class JobShare:
+    """What each job of a launcher gets of the machine it runs on."""
+
+    threads: int | None  # None: torch's default (one thread per core)
+    gpu_jobs: int
+
+
+def cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
 
-def _launcher() -> DictConfig | None:
-    try:
-        return HydraConfig.get().launcher
-    except ValueError:  # not inside Hydra
-        return None
+def job_share(launcher_params: dict[str, Any], machine_cores: int | None = None) -> JobShare:
+    """Cores and GPU share of each job, from the launcher's settings.
 
-
-def _local_jobs() -> int:
-    """How many jobs the joblib launcher runs at once on this machine (1 otherwise).
-
-    n_jobs <= 0 means one per core; more jobs than cores are capped at the cores.
+    joblib runs n_jobs processes at once on this machine (n_jobs <= 0: one per core;
+    more than the cores are capped at the cores), sharing its cores and its one GPU;
+    a submitit job gets cpus_per_task cores of its own when that is set.
     """
-    launcher = _launcher()
-    if launcher is None or "n_jobs" not in launcher or launcher.get("cpus_per_task"):
-        return 1
-    n_jobs = int(launcher.n_jobs or 1)
-    return _cores() if n_jobs <= 0 else min(n_jobs, _cores())
-
-
-def _threads_per_job() -> int | None:
-    """CPU threads for one job when jobs share the machine; None: torch's default.
-
-    joblib runs n_jobs processes at once; submitit gives each job cpus_per_task
-    cores when set.
-    """
-    launcher = _launcher()
-    if launcher is not None and launcher.get("cpus_per_task"):
-        return int(launcher.cpus_per_task)
-    jobs = _local_jobs()
-    return max(1, _cores() // jobs) if jobs > 1 else None
+    n_cores = machine_cores if machine_cores is not None else cores()
+    if launcher_params.get("cpus_per_task"):
+        return JobShare(int(launcher_params["cpus_per_task"]), 1)
+    if "n_jobs" not in launcher_params:
+        return JobShare(None, 1)
+    n_jobs = int(launcher_params.get("n_jobs") or 1)
+    jobs = n_cores if n_jobs <= 0 else min(n_jobs, n_cores)
+    return JobShare(max(1, n_cores // jobs) if jobs > 1 else None, jobs)
 
 
 _watching = False
@@ -119,58 +128,97 @@ def _stop_when_orphaned(sweep_pid: int) -> None:
     os._exit(ORPHAN_EXIT_CODE)
 
 
-def _record_outcome(run: str, status: str, error: str | None) -> None:
+def _record_outcome(sweep_dir: str, num: int, run: str, status: str, error: str | None) -> None:
     """Best effort: an unwritable runs folder cannot take the record either, and the
     table then counts the unfinished run as failed anyway."""
     from bnlab.store import atomic_write_text
 
     try:
-        hydra = HydraConfig.get()
-        folder = Path(hydra.sweep.dir) / OUTCOMES_DIR
+        folder = Path(sweep_dir) / OUTCOMES_DIR
         folder.mkdir(exist_ok=True)
         record = {"run": run, "status": status, "error": error}
-        atomic_write_text(folder / f"{hydra.job.num}.json", json.dumps(record) + "\n")
-    except (OSError, ValueError):  # ValueError: not inside Hydra
+        atomic_write_text(folder / f"{num}.json", json.dumps(record) + "\n")
+    except OSError:
         pass
 
 
-def run_job(cfg: DictConfig) -> str:
+def run_task(task: SweepTask) -> list[str]:
+    """Train the task's run(s); each one's status ("completed", "diverged", "failed", ...)."""
     watch_sweep()
     from bnlab.store import run_name
 
-    label = run_name(cfg)
-    status, error = _train(cfg, LineReporter(label))
-    _record_outcome(label, status, error)
-    return status
+    cfgs = [_job_config(cfg, task) for cfg in task.cfgs]
+    labels = [run_name(cfg) for cfg in cfgs]
+    reporters = [LineReporter(label) for label in labels]
+    results = _train_pack(cfgs, reporters) if len(cfgs) > 1 else [_train(cfgs[0], reporters[0])]
+    for num, label, (status, error) in zip(task.nums, labels, results, strict=True):
+        _record_outcome(task.sweep_dir, num, label, status, error)
+    return [status for status, _ in results]
+
+
+def _job_config(cfg: DictConfig, task: SweepTask) -> DictConfig:
+    """The run's config as this job trains it: its share of the cores applied."""
+    from bnlab.train.runtime import share_gpu
+
+    cfg = copy.deepcopy(cfg)  # in-process (basic launcher) the sweep keeps its own
+    # joblib's n_jobs processes share this machine's one GPU: each gets its share
+    # of the GPU memory (applied only if the run uses CUDA).
+    share_gpu(task.gpu_jobs)
+    if cfg.train.threads is None and task.threads is not None:
+        # Processes sharing the cores must not each start a thread per core.
+        with open_dict(cfg):
+            cfg.train.threads = task.threads
+    return cfg
+
+
+def _failure(reporter: LineReporter, err: Exception) -> tuple[str, str]:
+    from bnlab.recipe import RunFailed
+
+    if isinstance(err, RunFailed):
+        reporter.line(f"failed: {err}")
+        return "failed", first_line(err)
+    if isinstance(err, BnlabError):
+        reporter.line(f"error: {err}")
+        return "failed", first_line(err)
+    # A crash before the run started: still not the sweep's end.
+    reporter.line(f"crashed: {type(err).__name__}: {err}")
+    return "failed", f"{type(err).__name__}: {first_line(err)}"
+
+
+def _finished(reporter: LineReporter, status: str, summary: dict[str, Any] | None) -> None:
+    acc = (summary or {}).get("test_acc")
+    reporter.line(status + (f": test acc {100 * acc:.2f}%" if acc is not None else ""))
+    sys.stdout.flush()
 
 
 def _train(cfg: DictConfig, reporter: LineReporter) -> tuple[str, str | None]:
-    """Train the job's run: (its status, the one-line error of a failure)."""
-    from bnlab.recipe import RunFailed, train
-    from bnlab.train.runtime import share_gpu
+    """Train one run alone: (its status, the one-line error of a failure)."""
+    from bnlab.recipe import train
 
-    OmegaConf.resolve(cfg)
-    threads = _threads_per_job()
-    # joblib's n_jobs processes share this machine's one GPU: each gets its share
-    # of the GPU memory (applied only if the run uses CUDA).
-    share_gpu(_local_jobs())
-    if cfg.train.threads is None and threads is not None:
-        # Processes sharing the cores must not each start a thread per core.
-        with open_dict(cfg):
-            cfg.train.threads = threads
     try:
         outcome = train(cfg, reporter)
-    except RunFailed as err:
-        reporter.line(f"failed: {err}")
-        return "failed", first_line(err)
-    except BnlabError as err:
-        reporter.line(f"error: {err}")
-        return "failed", first_line(err)
-    except Exception as err:  # a crash before the run started: still not the sweep's end
-        reporter.line(f"crashed: {type(err).__name__}: {err}")
-        return "failed", f"{type(err).__name__}: {first_line(err)}"
-    s = outcome.summary or {}
-    acc = s.get("test_acc")
-    reporter.line(f"{outcome.status}" + (f": test acc {100 * acc:.2f}%" if acc is not None else ""))
-    sys.stdout.flush()
+    except Exception as err:
+        return _failure(reporter, err)
+    _finished(reporter, outcome.status, outcome.summary)
     return outcome.status, None
+
+
+def _train_pack(
+    cfgs: list[DictConfig], reporters: list[LineReporter]
+) -> list[tuple[str, str | None]]:
+    """Train runs as one pack: each one's (status, error). A failure of the pack as a
+    whole fails each of its runs (their checkpoints stay: a rerun resumes them)."""
+    from bnlab.pack.run import PackFailed, train_pack
+
+    try:
+        outcomes = train_pack(cfgs, reporters)
+    except PackFailed as err:  # the members it did not reach are done, busy or trained
+        return [
+            _failure(reporter, err) if outcome.status == "failed" else (outcome.status, None)
+            for reporter, outcome in zip(reporters, err.outcomes, strict=True)
+        ]
+    except Exception as err:
+        return [_failure(reporter, err) for reporter in reporters]
+    for reporter, outcome in zip(reporters, outcomes, strict=True):
+        _finished(reporter, outcome.status, outcome.summary)
+    return [(outcome.status, None) for outcome in outcomes]

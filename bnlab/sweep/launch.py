@@ -1,14 +1,16 @@
-"""Hand a sweep to Hydra's multirun: its sweeper expands the grid, its launcher runs it.
+"""Launch a sweep: its composed runs, handed to its launcher once (bnlab.sweep.launchers).
 
-Around Hydra, on every launcher: `preflight` finds once, before anything runs, what
-every run would hit (an unwritable runs folder; here, no CUDA or a broken dataset),
-so it is one line and exit 2 with nothing created; a grid whose runs are all
-finished launches nothing; each sweep gets a folder of its own under
-<runs>/.sweeps; and each job records its outcome there (bnlab.sweep.job), so the
-table counts a run that failed before its folder existed as failed.
+Around the launcher, on every one: `preflight` finds once, before anything runs, what
+every run would hit (a launcher bnlab cannot run, an unwritable runs folder; here, no
+CUDA or a broken dataset), so it is one line and exit 2 with nothing created; a grid
+whose runs are all finished launches nothing, and only unfinished runs are launched;
+each sweep gets a folder of its own under <runs>/.sweeps, with sweep.yaml (what was
+asked, and which run each job number trains); and each job records its outcome there
+(bnlab.sweep.job), so the table counts a run that failed before its folder existed as
+failed.
 
 On SLURM (hydra/launcher=slurm or submitit_slurm) three more things are added
-around Hydra, none inside it (bnlab.sweep.slurm says how each works):
+(bnlab.sweep.slurm says how each works):
 
 - before (preflight): the cluster judges the job script (`sbatch --test-only`),
   so a request it can never accept is one line and exit 2 with no folder created.
@@ -16,34 +18,35 @@ around Hydra, none inside it (bnlab.sweep.slurm says how each works):
   reported instead of pending forever.
 - after: a job that ended without a result (cancelled, killed, its node lost)
   does not stop the sweep; the other jobs are waited for, and its run is
-  recorded as failed, so the table shows it and the exit code is 1.
+  recorded as failed, so the table shows it and the exit code is 1. (The same for
+  submitit_local's jobs.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.core.override_parser.types import Quote, QuotedString
+from omegaconf import OmegaConf
 
-from bnlab.compose import CONFIG_DIR, VERSION_BASE
-from bnlab.config import register_configs
 from bnlab.errors import BnlabError, warn
-from bnlab.store import RunStore, check_writable
-from bnlab.sweep import adapters
+from bnlab.store import RunStore, atomic_write_text, check_writable, run_name
+from bnlab.sweep import adapters, launchers, packs
 from bnlab.sweep.grid import Job, Sweep
-from bnlab.sweep.job import OUTCOMES_DIR, SWEEP_PID_ENV, run_job
+from bnlab.sweep.job import OUTCOMES_DIR, SWEEP_PID_ENV, SweepTask, job_share
+from bnlab.sweep.launchers import launcher_kind, resolved_params
+from bnlab.sweep.packs import Unit
+
+# In the sweep's folder: the sweep as asked, and each job number's run.
+SWEEP_RECORD = "sweep.yaml"
 
 
 def sweep_dir(runs: Path, sweep: Sweep) -> Path:
-    """The sweep's folder (Hydra's multirun.yaml, launcher logs, the jobs' outcomes).
+    """The sweep's folder (sweep.yaml, submitit's logs, the jobs' outcomes).
 
     Only its name: make_sweep_dir creates it (the dry run shows it, creating nothing).
     """
@@ -55,7 +58,7 @@ def make_sweep_dir(runs: Path, sweep: Sweep) -> Path:
     """Create the sweep's folder, one of its own (BnlabError if it cannot be created).
 
     Two sweeps started in the same second would otherwise share one folder, each
-    overwriting the other's multirun.yaml and job records: the first free name of
+    overwriting the other's sweep.yaml and job records: the first free name of
     <name>-<stamp>, <name>-<stamp>-2, ... is taken with an exclusive mkdir.
     """
     base = sweep_dir(runs, sweep)
@@ -74,28 +77,12 @@ def make_sweep_dir(runs: Path, sweep: Sweep) -> Path:
         raise BnlabError(f"cannot create the sweep's folder {folder}: {reason}") from None
 
 
-def hydra_quoted(text: str) -> str:
-    r"""`text` as one Hydra override value, read literally: spaces, non-ASCII, quotes,
-    backslashes and `${` included (a path such as '/tmp/a b/ünï runs').
-
-    Two grammars read the value: Hydra's override grammar (QuotedString quotes it for
-    that), then OmegaConf's, where `${` starts an interpolation unless written `\${`,
-    and backslashes right before a `${` escape each other.
-    """
-    literal = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
-    return QuotedString(literal, Quote.single).with_quotes()
-
-
 def on_slurm(sweep: Sweep) -> bool:
-    return str(sweep.launcher_params.get("_target_", "")).endswith(".SlurmLauncher")
+    return launcher_kind(sweep.launcher_params) == "slurm"
 
 
 def _is_finished(job: Job) -> bool:
     return RunStore(job.cfg.paths.runs).run_dir(job.cfg).is_finished()
-
-
-def all_finished(sweep: Sweep) -> bool:
-    return all(_is_finished(j) for j in sweep.jobs)
 
 
 def preflight(sweeps: Sequence[Sweep]) -> None:
@@ -109,6 +96,7 @@ def preflight(sweeps: Sequence[Sweep]) -> None:
     """
     here: list[Job] = []
     for sweep in sweeps:
+        launcher_kind(sweep.launcher_params)  # one bnlab can run
         todo = [j for j in sweep.jobs if not _is_finished(j)]
         for runs in sorted({str(j.cfg.paths.runs) for j in todo}):
             check_writable(Path(runs))
@@ -145,54 +133,71 @@ def _check_data(jobs: Iterable[Job]) -> None:
             load_full(data)
 
 
-def launch(sweep: Sweep, runs: Path) -> dict[str, str]:
-    """Run the sweep through Hydra (blocking). Interrupts propagate; job failures don't.
+def pack_plan(sweep: Sweep, setting: str) -> list[Unit]:
+    """The sweep's units of work (bnlab.sweep.packs) over its unfinished runs, whose
+    positions in the grid they name; finished runs are in none."""
+    todo = [num for num, job in enumerate(sweep.jobs) if not _is_finished(job)]
+    units = packs.plan([sweep.jobs[num].cfg for num in todo], setting)
+    return [Unit(tuple(todo[i] for i in unit.nums)) for unit in units]
 
-    Call preflight first. Returns each job's outcome by run name, as the jobs
+
+def launch(sweep: Sweep, runs: Path, units: Sequence[Unit] | None = None) -> dict[str, str]:
+    """Run the sweep's units (pack_plan; None: each unfinished run alone) on its launcher,
+    one job a unit (blocking). Interrupts propagate; job failures don't.
+
+    Call preflight first. Returns each run's outcome by run name, as the jobs
     recorded it (bnlab.sweep.job); a grid whose runs are all finished launches nothing
     and returns {}. Raises BnlabError (one line) for a SLURM job that can never start,
-    or a sweep folder that cannot be written.
+    a sweep folder that cannot be written, or launcher settings the library refuses.
     """
-    if all_finished(sweep):
+    if units is None:
+        units = pack_plan(sweep, "1")
+    if not units:
         return {}  # jobs would only find their runs done
-    register_configs()
+    kind = launcher_kind(sweep.launcher_params)
     folder = make_sweep_dir(runs, sweep)
-    argv = [
-        "bnlab-sweep",
-        "--multirun",
-        f"hydra.sweep.dir={hydra_quoted(str(folder))}",
-        # Hydra writes nothing per job (no <n>/.hydra/ folders; the run folder has the
-        # config): a runs folder that turns unwritable mid-sweep (read-only, disk full)
-        # then fails each remaining run with one line, where Hydra's own job setup
-        # raised, stopping the sweep (with joblib: every worker) with a traceback.
-        "hydra.sweep.subdir=.",
-        "hydra.output_subdir=null",
-        "hydra.job.chdir=false",
-        "hydra/job_logging=none",
-        *sweep.hydra_overrides,
-        *sweep.task_overrides,
+    _write_record(folder, sweep, units)
+    params = resolved_params(sweep.launcher_params, folder)
+    share = job_share(params)
+    tasks = [
+        SweepTask(
+            unit.nums,
+            tuple(sweep.jobs[num].cfg for num in unit.nums),
+            str(folder),
+            threads=share.threads,
+            gpu_jobs=share.gpu_jobs,
+        )
+        for unit in units
     ]
     # Worker processes (joblib, submitit_local) stop when this process dies (job.py).
     os.environ[SWEEP_PID_ENV] = str(os.getpid())
-    main = hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=VERSION_BASE)
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        if on_slurm(sweep):
-            _launch_on_slurm(sweep, folder, main(run_job))
-        else:
-            _launch_here(main(run_job), folder)
-    finally:
-        sys.argv = saved
+    if kind == "basic":
+        launchers.run_basic(tasks)
+    elif kind == "joblib":
+        launchers.run_joblib(tasks, params)
+    elif kind == "local":
+        for line in _mark_lost(launchers.wait(tasks, launchers.submit(tasks, params, "local"))):
+            warn(line)
+    else:
+        _launch_on_slurm(tasks, params)
     return job_outcomes(folder)
 
 
-def _launch_here(hydra_main: Callable[[], Any], folder: Path) -> None:
-    """Launch on this machine (basic, joblib, submitit_local): jobs never raise (job.py),
-    so what reaches here is Hydra failing to write the sweep's own files."""
+def _write_record(folder: Path, sweep: Sweep, units: Sequence[Unit]) -> None:
+    """<sweep dir>/sweep.yaml: what was asked, which run each grid position trains, and
+    which of them were launched together (a pack) or alone."""
+    record = {
+        "experiment": sweep.experiment,
+        "overrides": [*sweep.task_overrides, *sweep.hydra_overrides],
+        "launcher": sweep.launcher,
+        "jobs": [
+            {"num": num, "run": run_name(job.cfg), "overrides": list(job.overrides)}
+            for num, job in enumerate(sweep.jobs)
+        ],
+        "launched": [list(unit.nums) for unit in units],
+    }
     try:
-        with adapters.hydra_errors_raised():
-            hydra_main()
+        atomic_write_text(folder / SWEEP_RECORD, OmegaConf.to_yaml(OmegaConf.create(record)))
     except OSError as err:
         raise BnlabError(f"cannot write the sweep's files in {folder}: {err}") from None
 
@@ -212,35 +217,32 @@ def job_outcomes(folder: Path) -> dict[str, str]:
     return outcomes
 
 
-def _launch_on_slurm(sweep: Sweep, folder: Path, hydra_main: Callable[[], Any]) -> None:
+def _mark_lost(lost: list[launchers.Lost], states: dict[str, str] | None = None) -> list[str]:
+    from bnlab.sweep.slurm import mark_lost_runs
+
+    return mark_lost_runs(lost, states or {})
+
+
+def _launch_on_slurm(tasks: list[SweepTask], params: dict[str, Any]) -> None:
+    """Submit the tasks as one SLURM job array, watch the queue while waiting for them,
+    and mark the runs whose jobs ended without a result as failed."""
     from bnlab.sweep import slurm
 
-    params = sweep.launcher_params  # the cluster accepted them (preflight)
-    submitit_folder = str(params.get("submitit_folder", "${hydra.sweep.dir}/.submitit/%j"))
-    watch = slurm.JobWatch(
-        Path(submitit_folder.replace("${hydra.sweep.dir}", str(folder)).removesuffix("/%j")),
-        params,
-    )
-    watch.start()
-    lost = False
     try:
-        with adapters.hydra_errors_raised():
-            hydra_main()
+        jobs = launchers.submit(tasks, params, "slurm")
     except Exception as err:
         refusal = adapters.sbatch_refusal(err)
-        if refusal is not None:
-            raise BnlabError(slurm.explain_refusal(refusal, params)) from None
-        if watch.fatal is not None:
-            raise BnlabError(watch.fatal) from None
-        if not adapters.is_lost_job(err):
+        if refusal is None:
             raise
-        lost = True  # Hydra stops at the first lost job; the others still run
+        raise BnlabError(slurm.explain_refusal(refusal, params)) from None
+    watch = slurm.JobWatch([str(job.job_id) for job in jobs], params)
+    watch.start()
+    try:
+        lost = launchers.wait(tasks, jobs, stop=lambda: watch.fatal is not None)
     finally:
         watch.stop()
-    if lost:
-        watch.wait_until_gone()
     if watch.fatal is not None:  # its jobs never started: no run to mark
         raise BnlabError(watch.fatal)
     if lost:
-        for line in slurm.mark_lost_runs(sweep, watch.final_states()):
+        for line in _mark_lost(lost, watch.final_states()):
             warn(line)

@@ -5,12 +5,13 @@
   before anything is created; a refusal (no such partition, GPUs on a CPU-only
   cluster, more memory or cores than any node has) becomes one line naming the
   ``hydra.launcher.*`` key to change.
-- ``JobWatch``: while Hydra's launcher waits for the jobs, reads ``squeue``. A
+- ``JobWatch``: while bnlab waits for the submitted jobs, reads ``squeue``. A
   job pending for a reason that never clears by itself (its partition's limits
   are below the request) is cancelled with the sweep's other jobs and reported;
   a job pending long for another reason (a busy cluster) gets a notice line.
 - ``mark_lost_runs``: a run whose job ended without finishing it (cancelled,
-  killed, node lost) gets ``summary.json`` status failed, as a crash would.
+  killed, node lost) gets ``summary.json`` status failed, as a crash would
+  (submitit_local's lost jobs too).
 
 Only SLURM's command-line tools are used here; submitit's internals stay in
 bnlab.sweep.adapters.
@@ -25,14 +26,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnlab.errors import BnlabError, warn
 from bnlab.store import RunBusy, RunStore, run_id
 from bnlab.sweep import adapters
-from bnlab.sweep.grid import Sweep
+
+if TYPE_CHECKING:
+    from bnlab.sweep.launchers import Lost
 
 CHECK_TIMEOUT_S = 60
 # Pending reasons SLURM keeps until someone changes the job or the partition.
@@ -252,9 +256,9 @@ LIVE_STATES = frozenset(
 
 @dataclass
 class JobWatch:
-    """Polls squeue for the jobs submitit submitted into `submitit_folder` (see module doc)."""
+    """Polls squeue for the sweep's submitted jobs (see module doc)."""
 
-    submitit_folder: Path
+    ids: list[str]  # SLURM job ids as submitit gives them (array tasks as 12_0)
     params: dict[str, Any]
     poll_s: float = 5
     never_starts_after_s: float = 15  # a reason must persist this long (not a scheduler blip)
@@ -267,7 +271,7 @@ class JobWatch:
     _thread: threading.Thread | None = None
 
     def job_ids(self) -> list[str]:
-        return adapters.submitted_job_ids(self.submitit_folder)
+        return list(self.ids)
 
     def queue(self) -> list[tuple[str, str, str]]:
         """(job id, state, reason) of this sweep's jobs still in SLURM's queue."""
@@ -342,35 +346,35 @@ class JobWatch:
             time.sleep(1)
 
 
-def job_index(job_id: str) -> int:
-    """The grid position of a submitted job: its array task id (0 for a lone job)."""
-    return int(job_id.split("_")[1]) if "_" in job_id else 0
+def mark_lost_runs(lost: Sequence[Lost], states: dict[str, str]) -> list[str]:
+    """Record status failed for each run whose job ended without finishing it.
 
-
-def mark_lost_runs(sweep: Sweep, states: dict[str, str]) -> list[str]:
-    """Record status failed for each run whose SLURM job ended without finishing it.
-
-    `states` maps job ids to sacct's final state. A run with a summary (finished,
-    or failed with bnlab's own record) or held by another process is left alone.
-    Returns one warning line per run marked.
+    `states` maps SLURM job ids to sacct's final state (empty for submitit_local's
+    jobs: their error says what happened). A run with a summary (finished, or failed
+    with bnlab's own record) or held by another process is left alone. Returns one
+    warning line per run marked.
     """
-    by_index = {job_index(jid): (jid, state) for jid, state in states.items()}
     warnings = []
-    for i, job in enumerate(sweep.jobs):
-        jid, state = by_index.get(i, ("?", "UNKNOWN"))
-        run = RunStore(job.cfg.paths.runs).run_dir(job.cfg)
+    for job, cfg in ((one, cfg) for one in lost for cfg in one.task.cfgs):
+        run = RunStore(cfg.paths.runs).run_dir(cfg)
         if run.summary() is not None:
             continue
-        error = f"SLURM job {jid} ended {state} before the run finished"
+        state = states.get(job.job_id)
+        if state is not None:
+            error = f"SLURM job {job.job_id} ended {state} before the run finished"
+            extra = {"slurm_job": job.job_id, "slurm_state": state}
+        else:
+            error = f"job {job.job_id} ended without a result ({job.error})"
+            extra = {"job": job.job_id}
         try:
             with run.lock():
                 if run.summary() is not None:
                     continue
                 if not run.config_file.exists():
-                    run.write_config(job.cfg)
+                    run.write_config(cfg)
                 run.write_summary(
-                    {"status": "failed", "error": error, "run_id": run_id(job.cfg),
-                     "epochs": run.epochs_done(), "slurm_job": jid, "slurm_state": state}
+                    {"status": "failed", "error": error, "run_id": run_id(cfg),
+                     "epochs": run.epochs_done(), **extra}
                 )  # fmt: skip
         except RunBusy:
             continue

@@ -27,19 +27,23 @@ class Row:
     test_acc: float | None
     wall_s: float | None
     run_dir: str
+    pack: str = ""  # "p<first grid position>/<size>" for a run trained in a pack
 
 
-def rows_for(sweep: Sweep, outcomes: dict[str, str] | None = None) -> list[Row]:
+def rows_for(
+    sweep: Sweep, outcomes: dict[str, str] | None = None, packs: dict[int, str] | None = None
+) -> list[Row]:
     """One row per job, its state read from the store.
 
     `outcomes`: after a launch, what the jobs recorded by run name (None: nothing was
     launched, as in a dry run). A launched run that is not finished failed, whether or
     not it recorded so: it may have failed before its folder or summary existed (no
     CUDA, an unwritable runs folder) -- unless it was busy: another sweep trains it.
+    `packs`: grid position -> its pack's label (bnlab.sweep.packs.labels).
     """
     keys = sweep.varying_keys()
     rows = []
-    for job in sweep.jobs:
+    for num, job in enumerate(sweep.jobs):
         run = RunStore(job.cfg.paths.runs).run_dir(job.cfg)
         summary = run.summary() or {}
         status = run.state()
@@ -59,6 +63,7 @@ def rows_for(sweep: Sweep, outcomes: dict[str, str] | None = None) -> list[Row]:
                 test_acc=summary.get("test_acc"),
                 wall_s=summary.get("wall_s"),
                 run_dir=run.path.name.rsplit("-", 1)[-1],
+                pack=(packs or {}).get(num, ""),
             )
         )
     return rows
@@ -70,7 +75,9 @@ def render(title: str, sweep: Sweep, rows: list[Row], console: Console) -> None:
     table.add_column("#", justify="right")
     for key in keys:
         table.add_column(key, overflow="fold")
-    for name in ("status", "epochs", "test acc", "time", "run id"):
+    with_packs = any(row.pack for row in rows)
+    names = ("status", "epochs", "test acc", "time", "run id") + (("pack",) if with_packs else ())
+    for name in names:
         table.add_column(name, justify="right" if name in ("test acc", "time") else "left")
     for i, row in enumerate(rows):
         style = STATUS_STYLE.get(row.status, "")
@@ -84,5 +91,6 @@ def render(title: str, sweep: Sweep, rows: list[Row], console: Console) -> None:
             acc,
             wall,
             row.run_dir,
+            *((row.pack,) if with_packs else ()),
         )
     console.print(table)

@@ -139,7 +139,9 @@ def compile_model(model: nn.Module, rt: Runtime, example: Callable[[], Batch]) -
     # stays, so recompiling the same network is quick.)
     torch._dynamo.reset()
     try:
-        compiled = torch.compile(model, mode=mode)
+        compiled: nn.Module = torch.compile(model, mode=mode)  # type: ignore[assignment]
+        if rt.cuda_graphs:
+            compiled = StepMarked(compiled)
         _trial(compiled, model, rt, example())
     except Exception as err:  # any compiler error: eager is correct, only slower
         text = str(err).strip().splitlines()
@@ -151,6 +153,27 @@ def compile_model(model: nn.Module, rt: Runtime, example: Callable[[], Batch]) -
             torch._dynamo.reset()  # drop half-built graphs and their guards
         return model
     return compiled  # type: ignore[return-value]
+
+
+class StepMarked(nn.Module):
+    """A CUDA-graphed forward that starts a new step at every call.
+
+    CUDA-graph trees (mode="reduce-overhead") reuse the memory of a graph's outputs
+    at its next replay; without being told where an iteration begins they treat the
+    second training forward as part of the first one's step and refuse to overwrite
+    its live outputs ("accessing tensor output of CUDAGraphs that has been overwritten
+    by a subsequent run", seen on an H200). bnlab's loops use every output before the
+    next call (the loss is backpropagated, the logits reduced), so each call is a step:
+    torch.compiler.cudagraph_mark_step_begin says so, as PyTorch's docs advise.
+    """
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled  # a child: train()/eval() reach the model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(x)
 
 
 def _trial(
