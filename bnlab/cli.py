@@ -315,8 +315,22 @@ def sweep(
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     verb = "would run" if dry_run else f"took {time.perf_counter() - started:.0f}s"
     console.print(f"{len(all_rows)} runs ({summary}); {verb}", highlight=False)
+    console.print(f"budget: {_budget(sweeps).describe()}", highlight=False)
     if not dry_run and counts.get("failed", 0):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _budget(sweeps: list[Any]) -> Any:
+    """The sweeps' size in training images (bnlab.sweep.budget), each run once; "to
+    train": the runs not finished now (after a sweep: those that failed)."""
+    from bnlab.store import RunStore, run_name
+    from bnlab.sweep.budget import budget
+
+    return budget(
+        (run_name(j.cfg), j.cfg, RunStore(j.cfg.paths.runs).run_dir(j.cfg).is_finished())
+        for s in sweeps
+        for j in s.jobs
+    )
 
 
 def _section_help() -> str:
