@@ -24,8 +24,9 @@ from bnlab.errors import BnlabError
 CONFIG_DIR = Path(os.environ.get("BNLAB_CONF", Path(__file__).resolve().parents[1] / "conf"))
 VERSION_BASE = "1.3"
 # conf/ folders that are not user-facing groups: scale/ is picked by preset and
-# experiment together; hydra/ holds only launcher settings (hydra/launcher=...).
-INTERNAL_GROUPS = ("scale", "hydra")
+# experiment together; grid/ holds the claims' grids, read by bnlab sweep (not Hydra);
+# hydra/ holds only launcher settings (hydra/launcher=...).
+INTERNAL_GROUPS = ("scale", "grid", "hydra")
 
 
 def config_groups() -> dict[str, list[str]]:

@@ -3,7 +3,7 @@
 Each variant is one real run, ``bnlab.recipe.train(cfg)``, into a throw-away
 runs folder, with the config of the CPU mechanism experiments (``preset=cpu
 experiment=ics``: ResNet-20, 5,000 training images, 5 epochs, one-cycle lr, the
-full test set, probes at the 10 steps of conf/scale/cpu_ics.yaml) and only the
+full test set, probes at the probe.steps that config composes) and only the
 probe switches changed:
 
     none          no probes (the baseline)
@@ -116,8 +116,8 @@ def main() -> None:
     p.add_argument("--norm", default="bn")
     p.add_argument(
         "--steps", type=int, nargs="+", default=None,
-        help="probe.steps (default: conf/scale/cpu_ics.yaml's; steps past the run's end "
-        "are never probed)",
+        help="probe.steps (default: the composed preset=cpu experiment=ics config's; "
+        "steps past the run's end are never probed)",
     )  # fmt: skip
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--repeats", type=int, default=1)

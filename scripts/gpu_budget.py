@@ -13,8 +13,9 @@ on a GPU is launch-bound, so a step costs about the same at any batch up to 128
     seconds = steps x 128 / throughput
 
 The throughput (aggregate images/s of n_jobs runs sharing the GPU) is read from
-the one place it is written, conf/scale/gpu_common.yaml ("throughput: N img/s with
-n_jobs=J"); an experiment lasts at least its longest run at throughput/J.
+the one place it is written, conf/scale/gpu.yaml ("throughput: N img/s with
+n_jobs=J"); an experiment lasts at least its longest run at throughput/J. Each
+claim's grid file (conf/grid/NAME.yaml) shows its own arithmetic under preset=gpu.
 
     python scripts/gpu_budget.py                 # per-experiment table, then the total
     python scripts/gpu_budget.py --img-per-s 90000 --minutes 20
@@ -34,7 +35,7 @@ from bnlab.compose import CONFIG_DIR
 from bnlab.store import run_id
 from bnlab.sweep.grid import expand, experiments
 
-COMMON = CONFIG_DIR / "scale" / "gpu_common.yaml"
+COMMON = CONFIG_DIR / "scale" / "gpu.yaml"  # how preset=gpu scales every claim's sweep
 TEST_IMAGES = 10_000
 CHUNK = 1024  # images per forward of the BN evaluation probes
 # Per-step cost of a norm kind relative to BN, from its kernel launches per layer
@@ -131,8 +132,8 @@ def budget(tp: Throughput, overrides: list[str] | None = None) -> list[Row]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--img-per-s", type=float, default=None, help="default: gpu_common.yaml's")
-    p.add_argument("--n-jobs", type=int, default=None, help="default: gpu_common.yaml's")
+    p.add_argument("--img-per-s", type=float, default=None, help="default: scale/gpu.yaml's")
+    p.add_argument("--n-jobs", type=int, default=None, help="default: scale/gpu.yaml's")
     p.add_argument("--minutes", type=float, default=20.0, help="the budget to check against")
     p.add_argument("overrides", nargs="*", help="extra sweep overrides, e.g. train.epochs=5")
     args = p.parse_args()

@@ -109,12 +109,12 @@ def test_preset_gpu_sweep_fits_twenty_minutes_at_the_stated_throughput():
 
     tp = read_throughput()
     rows = budget(tp)
-    assert {r.experiment for r in rows} == {
-        p.stem.removeprefix("gpu_") for p in (REPO / "conf" / "scale").glob("gpu_*.yaml")
-    } - {"common"}, "every experiment needs its conf/scale/gpu_<experiment>.yaml"
-    # Fewer than 3 seeds only where no verdict is decided, and the file says so.
+    grids = REPO / "conf" / "grid"
+    claims = {p.stem for p in grids.glob("*.yaml")} - {"_shared"}
+    assert {r.experiment for r in rows} == claims, "every experiment needs conf/grid/NAME.yaml"
+    # Fewer than 3 seeds only where no verdict is decided, and the grid file says so.
     for r in rows:
-        text = (REPO / "conf" / "scale" / f"gpu_{r.experiment}.yaml").read_text()
+        text = (grids / f"{r.experiment}.yaml").read_text()
         assert r.seeds >= 3 or "exploratory" in text, (r.experiment, r.seeds)
     minutes = sum(r.seconds for r in rows) / 60
     assert minutes <= 20, f"experiment=all preset=gpu: {minutes:.1f} min at {tp.img_per_s} img/s"

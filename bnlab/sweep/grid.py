@@ -1,13 +1,18 @@
-"""Expand a sweep into its jobs exactly as Hydra's basic sweeper will, and check each.
+"""Expand a sweep into its jobs exactly as Hydra's basic sweeper would, and check each.
 
 Expanding up front lets `bnlab sweep` reject bad input before any run starts
 (an unknown experiment or launcher, a grid value of the wrong type) and list
-the grid with `--dry-run`; the runs themselves are still launched by Hydra.
+the grid with `--dry-run`.
+
+A claim's grid lives apart from its fixed settings (conf/experiment/NAME.yaml):
+conf/grid/NAME.yaml lists its axes in Hydra's sweep syntax and, under a preset's
+name, what that preset changes; values several grids share (the seeds, the lr
+range) are written once in conf/grid/_shared.yaml. `experiment_grid` reads them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +32,9 @@ from bnlab.errors import BnlabError
 from bnlab.sweep.adapters import split_grid
 
 ALL = "all"
+GRID_DIR = "grid"  # conf/grid/<experiment>.yaml: a claim's grid
+SHARED = "_shared"  # conf/grid/_shared.yaml: values the grids share
+SEED_KEY = "train.seed"  # every claim's grid ends with it (the shared `seeds`)
 # experiment_name names the sweep's folder, <paths.runs>/.sweeps/<name>-<stamp>: one
 # path component, well under the file systems' 255 bytes with the stamp added.
 MAX_NAME_BYTES = 100
@@ -86,9 +94,13 @@ def expand(overrides: Sequence[str]) -> Sweep:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE):
             base = compose("config", overrides=[*fixed, *hydra_overrides], return_hydra_config=True)
         hydra_cfg = base.hydra
+        choices = hydra_cfg.runtime.choices
+        params = experiment_grid(choices.get("experiment"), str(choices.get("preset")))
+        # A grid written the Hydra way (hydra.sweeper.params) still counts, after it.
         node = hydra_cfg.sweeper.get("params")
-        params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
-        assert isinstance(params, dict)
+        hydra_params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
+        assert isinstance(hydra_params, dict)
+        params.update({str(k): str(v) for k, v in hydra_params.items()})
         # Hydra's basic sweeper: the experiment's grid first, the command line after it.
         grid = [f"{k}={v}" for k, v in params.items()] + list(task_overrides)
         grid_jobs = split_grid(parser.parse_overrides(grid))
@@ -109,6 +121,53 @@ def expand(overrides: Sequence[str]) -> Sweep:
     if experiment is not None:
         check_folder_name("experiment_name", experiment)
     return Sweep(experiment, list(task_overrides), hydra_overrides, launcher, launcher_params, jobs)
+
+
+def experiment_grid(experiment: str | None, preset: str) -> dict[str, str]:
+    """The grid of `experiment` at `preset`, as Hydra sweep overrides by key, in order.
+
+    conf/grid/<experiment>.yaml's axes, then train.seed over the shared seeds (unless
+    the grid names train.seed), then what the file's section for `preset` changes: a
+    key already there keeps its place and takes the section's value, a new key comes
+    last (as Hydra merges configs). `${name}` is a value of conf/grid/_shared.yaml.
+    No experiment, or one without a grid file: an empty grid.
+    """
+    folder = CONFIG_DIR / GRID_DIR
+    path = folder / f"{experiment}.yaml"
+    if experiment is None or not path.is_file():
+        return {}
+    with one_line_errors():
+        shared = OmegaConf.load(folder / f"{SHARED}.yaml")
+        own = OmegaConf.load(path)
+        clash = sorted(set(shared) & set(own))
+        if clash:
+            raise BnlabError(f"{path}: {clash} name values of {SHARED}.yaml")
+        tree = OmegaConf.to_container(OmegaConf.merge(shared, own), resolve=True)
+    assert isinstance(tree, dict)
+    presets = config_groups().get("preset", [])
+    axes: dict[str, str] = {}
+    sections: dict[str, Mapping[str, Any]] = {}
+    for key in own:
+        value = tree[key]
+        if isinstance(value, Mapping):
+            if key not in presets:
+                raise BnlabError(
+                    f"{path}: '{key}' holds settings but is no preset "
+                    f"(choose one of: {', '.join(presets)})"
+                )
+            sections[str(key)] = value
+        else:
+            axes[str(key)] = _axis_value(path, key, value)
+    axes.setdefault(SEED_KEY, _axis_value(path, "seeds", tree["seeds"]))
+    for key, value in sections.get(preset, {}).items():
+        axes[str(key)] = _axis_value(path, f"{preset}.{key}", value)
+    return axes
+
+
+def _axis_value(path: Any, key: Any, value: Any) -> str:
+    if isinstance(value, list | Mapping) or value is None:
+        raise BnlabError(f"{path}: {key} should be a sweep value such as a,b,c (got {value!r})")
+    return str(value)
 
 
 def check_folder_name(key: str, name: str) -> None:
