@@ -33,7 +33,7 @@ test: setup
 	$(BIN)/pytest -q $(XDIST)
 
 test-e2e: setup
-	$(BIN)/pytest -q $(XDIST) -m e2e
+	$(BIN)/pytest -q $(XDIST) -m e2e --durations=15
 
 test-all: setup
 	$(BIN)/pytest -q $(XDIST) -m "not gpu and not slurm"
