@@ -31,13 +31,13 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.compose import GridComposer
 from bnlab.data import DeviceLoader, load_dataset
 from bnlab.norm_kinds import kinds_for
 from bnlab.pack import PackError
 from bnlab.pack.run import PackFailed, _reseeded, pack_key, solo_reason, train_pack
 from bnlab.recipe import RunFailed, train
 from bnlab.store import RunDir, RunStore, load_checkpoint_file
+from bnlab.sweep.compose_grid import GridComposer
 from bnlab.train.loop import SilentReporter
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -421,8 +421,9 @@ BAD_POINTS = [
 def test_grid_composer_gives_load_configs_config_or_error_at_every_point(points):
     from omegaconf import OmegaConf
 
-    from bnlab.compose import GridComposer, load_config
+    from bnlab.compose import load_config
     from bnlab.errors import BnlabError
+    from bnlab.sweep.compose_grid import GridComposer
 
     def outcome(load, overrides):
         try:
@@ -439,7 +440,7 @@ def test_grid_composer_gives_load_configs_config_or_error_at_every_point(points)
 
 
 def test_grid_composer_composes_each_set_of_group_choices_once():
-    from bnlab.compose import GridComposer
+    from bnlab.sweep.compose_grid import GridComposer
 
     composer = GridComposer()
     lrs = [composer.load(["norm=bn", f"optim.lr={lr}"]).optim.lr for lr in (0.1, 0.3)]

@@ -16,7 +16,7 @@ What is private here, and why bnlab needs it:
 - ``ConfigLoaderImpl._apply_overrides_to_config`` and the config repository's
   ``group_exists``: the second half of Hydra's own composition (value overrides
   applied to the composed config), so a grid's points that share their config-group
-  choices are composed once and differ only in values (``bnlab.compose.GridComposer``).
+  choices are composed once and differ only in values (``bnlab.sweep.compose_grid.GridComposer``).
 
 The grid's expansion (``split_grid``) uses only Hydra's public override parser; the
 launchers (bnlab.sweep.launchers) only joblib's and submitit's public calls.

@@ -20,16 +20,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.compose import (
-    CONFIG_DIR,
-    VERSION_BASE,
-    GridComposer,
-    config_groups,
-    one_line_errors,
-)
+from bnlab.compose import CONFIG_DIR, VERSION_BASE, config_groups, one_line_errors
 from bnlab.config import register_configs, validate
 from bnlab.errors import BnlabError
 from bnlab.sweep.adapters import split_grid
+from bnlab.sweep.compose_grid import GridComposer
 
 ALL = "all"
 GRID_DIR = "grid"  # conf/grid/<experiment>.yaml: a claim's grid
