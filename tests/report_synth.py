@@ -333,3 +333,47 @@ def make_mechanism_store(
                 make_run(runs, norm="none", final=acc + noise, config=cfg,
                          experiment="deep_no_norm")  # fmt: skip
     return runs
+
+
+# ----------------------------------------------------------------------------- sequence runs
+
+SEQUENCE_DATASET = "Fashion-MNIST"
+SEQUENCE_SPREAD = (-0.004, 0.0, 0.004)  # per-seed offsets: SD 0.004, +-1 pp at 3 seeds
+
+
+def make_sequence_run(runs: Path, *, model: str, norm: str, preset: str = "cpu", **kw: Any) -> Path:
+    """One run of a sequence model (model=lstm|gru|transformer) on Fashion-MNIST rows,
+    written as `make_run` writes one (its keywords: config, final, train_acc, status,
+    speed, ...). The composed config is cached under a key of its own in `_BASE`."""
+    key = f"{model}+{norm}"
+    if (key, preset) not in _BASE:
+        overrides = [f"model={model}", f"norm={norm}", "data=fashion_mnist", f"preset={preset}"]
+        _BASE[key, preset] = load_config(overrides)
+    extra = {"dataset": SEQUENCE_DATASET, **(kw.pop("summary_extra", None) or {})}
+    return make_run(runs, norm=key, preset=preset, summary_extra=extra, **kw)
+
+
+def sequence_runs(
+    runs: Path,
+    model: str,
+    norm: str,
+    accs: dict[float, float | None],
+    seeds: tuple[int, ...] = (0, 1, 2),
+    spread: tuple[float, ...] = SEQUENCE_SPREAD,
+    train_acc: float | None = None,
+    speed: float = 0.6,
+    **config: Any,
+) -> None:
+    """One arm over an lr grid: `accs` maps lr -> final test accuracy (None: every seed
+    diverges); seed i is offset by spread[i]. `train_acc` (default: just below the
+    test accuracy) is the final training accuracy, offset the same way."""
+    for lr, acc in accs.items():
+        for i, seed in enumerate(seeds):
+            noise = spread[i % len(spread)]
+            cfg = {**config, "optim.lr": lr, "train.seed": seed}
+            if acc is None:
+                kw: dict[str, Any] = {"status": "diverged", "diverged_epoch": 1}
+            else:
+                train = None if train_acc is None else train_acc + noise
+                kw = {"final": acc + noise, "train_acc": train}
+            make_sequence_run(runs, model=model, norm=norm, config=cfg, speed=speed, **kw)

@@ -13,6 +13,8 @@ cells.py    numbers and table cells as the report prints them
 claims.py   the seven claims and the norms table, one registered function each
 mechanisms.py  the same for why BN helps: ICS, landscape, small-batch alternatives, why
             BN degrades at small batch, depth without BN
+sequence.py the sequence-model claims (LN/RMSNorm/BN in RNNs and a transformer), their
+            figures, each arm at its own lr chosen across seeds
 probe_maths.py  per-run quantities from probes.csv (distribution shift, ICS, landscape)
 superseded.py   the earlier rule versions that committed reports show: still decided,
             their verdicts shown beside (stats.py is their noise rule)

@@ -2,20 +2,22 @@
 
 Importing the section and figure modules registers them (bnlab.report.core): the
 seven claims and the norms table first (claims.py), then the mechanism sections
-(mechanisms.py). A new section is one decorated function in one of them.
+(mechanisms.py), then the sequence-model claims (sequence.py, with their figures). A
+new section is one decorated function in one of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-# (they register: claims first, then the mechanism sections, then the figures and the
-# superseded rule versions)
+# (they register: claims first, then the mechanism sections, then the figures, the
+# sequence-model sections and the superseded rule versions)
 from bnlab.report import (  # noqa: F401
     claims,
     mechanism_plots,
     mechanisms,
     plots,
+    sequence,
     superseded,
 )
 from bnlab.report.core import FIGURES, SECTIONS, ClaimResult
