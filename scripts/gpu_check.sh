@@ -179,6 +179,13 @@ else
     PACK=(--device cuda --precision bf16 --graph --ks 1,16,32,64 --batches 128,2 --formats cl
           --images 100000 --steps 30 --repeats 2)
     SWEEP=(experiment=all preset=gpu)
+    # The sequence claims train on Fashion-MNIST (Debian's dataset-fashion-mnist), which a
+    # machine without it cannot load: there the suite runs every other claim and says so.
+    if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+        OTHERS=$(ls conf/experiment | sed -n 's/\.yaml$//p' | grep -vx sequence | paste -sd, -)
+        SWEEP=("experiment=$OTHERS" preset=gpu)
+        echo "== no Fashion-MNIST here: the sweep leaves out experiment=sequence"
+    fi
 fi
 if wants tests; then
     run_step tests 180 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests

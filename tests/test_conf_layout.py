@@ -12,13 +12,22 @@ import yaml
 from bnlab.compose import CONFIG_DIR, config_groups, load_config
 from bnlab.errors import BnlabError
 from bnlab.store import run_id
-from bnlab.sweep.grid import GRID_DIR, SEED_KEY, SHARED, expand, experiment_grid, experiments
+from bnlab.sweep.grid import (
+    GRID_DIR,
+    SEED_KEY,
+    SHARED,
+    expand,
+    experiment_grid,
+    experiment_grids,
+    experiments,
+)
 
 GRIDS = CONFIG_DIR / GRID_DIR
 SCALE = CONFIG_DIR / "scale"
 
 # Runs per experiment at each preset, as the layout of one scale file per pair listed
-# them (bnlab sweep experiment=all preset=... --dry-run: 534, 276, 282, 534 runs).
+# them (bnlab sweep experiment=all preset=... --dry-run: 534, 276, 282, 534 runs), and
+# the sequence family's 99 (a union of 8 products, added after that layout).
 COUNTS = {
     "full": {"batch": 21, "batch_protocol": 30, "convergence": 120, "deep_no_norm": 36,
              "depth": 36, "depth_plain": 18, "ics": 18, "inference": 3, "init": 60,
@@ -30,8 +39,10 @@ COUNTS = {
             "depth": 24, "depth_plain": 4, "ics": 18, "inference": 3, "init": 36,
             "landscape": 9, "lr": 45, "lr_naive": 10, "norms": 21, "regularization": 12},
 }  # fmt: skip
+for _counts in COUNTS.values():
+    _counts["sequence"] = 99
 COUNTS["smoke"] = COUNTS["full"]
-TOTALS = {"full": 534, "smoke": 534, "cpu": 276, "gpu": 282}
+TOTALS = {"full": 534 + 99, "smoke": 534 + 99, "cpu": 276 + 99, "gpu": 282 + 99}
 
 # The first and last run of a few sweeps, by overrides and run id, as that layout named
 # them. A run id hashes the scientific config (data size, epochs, probe steps, eval
@@ -67,8 +78,12 @@ def grid_size(experiment: str, preset: str) -> int:
 
     from bnlab.sweep.adapters import split_grid
 
-    grid = [f"{k}={v}" for k, v in experiment_grid(experiment, preset).items()]
-    return len(split_grid(OverridesParser.create().parse_overrides(grid)))
+    jobs: list[list[str]] = []
+    for product in experiment_grids(experiment, preset):
+        grid = [f"{k}={v}" for k, v in product.items()]
+        parsed = OverridesParser.create().parse_overrides(grid)
+        jobs += [job for job in split_grid(parsed) if job not in jobs]
+    return len(jobs)
 
 
 def yaml_files() -> list[Path]:
@@ -213,3 +228,58 @@ def test_a_bad_grid_file_is_one_line_naming_it(tmp_path, monkeypatch, text, need
         experiment_grid("bad", "cpu")
     assert needle in str(err.value) and "bad.yaml" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_union_grid_gives_each_product_its_own_axes_and_counts_a_run_once(tmp_path, monkeypatch):
+    from bnlab.sweep import grid as grid_module
+
+    folder = tmp_path / GRID_DIR
+    folder.mkdir()
+    (folder / f"{SHARED}.yaml").write_text("seeds: 0,1\n")
+    (folder / "u.yaml").write_text(
+        "arm: bn\n"
+        "union:\n"
+        "  - {optim.lr: '0.1,0.3'}\n"
+        "  - {optim.lr: '0.3,1.0', arm: fixup}\n"
+        "gpu:\n"
+        "  union: [{optim.lr: '3.0'}]\n"
+    )
+    monkeypatch.setattr(grid_module, "CONFIG_DIR", tmp_path)
+    assert experiment_grids("u", "cpu") == [
+        {"arm": "bn", "train.seed": "0,1", "optim.lr": "0.1,0.3"},
+        {"arm": "fixup", "train.seed": "0,1", "optim.lr": "0.3,1.0"},
+    ]
+    assert experiment_grids("u", "gpu") == [{"arm": "bn", "train.seed": "0,1", "optim.lr": "3.0"}]
+    with pytest.raises(BnlabError, match="union of 2 products"):
+        experiment_grid("u", "cpu")
+    (folder / "bad.yaml").write_text("union: {optim.lr: '0.1'}\n")
+    with pytest.raises(BnlabError, match="union should be a list of mappings"):
+        experiment_grids("bad", "cpu")
+
+
+def test_the_sequence_grid_gives_each_arm_its_own_ladder():
+    jobs = expand(["experiment=sequence", "preset=cpu"]).jobs
+    assert len(jobs) == 99
+    ladders: dict[tuple[str, str, int], set[float]] = {}
+    for job in jobs:
+        cfg = job.cfg
+        key = (cfg.model.arch, cfg.norm.kind, cfg.data.batch_size)
+        ladders.setdefault(key, set()).add(cfg.optim.lr)
+    assert ladders[("lstm", "ln", 128)] == {0.1, 0.3, 1.0}
+    assert ladders[("lstm", "step_bn", 16)] == {0.0375, 0.125, 0.375}
+    assert ladders[("transformer", "none", 128)] == {0.01, 0.03, 0.1}
+    assert all(len(lrs) == 3 for lrs in ladders.values())
+
+
+def test_experiment_all_or_a_list_is_one_sweep_per_claim():
+    from bnlab.sweep.grid import split_experiment_all
+
+    assert split_experiment_all(["experiment=lr,depth", "preset=cpu"]) == [
+        ["experiment=lr", "preset=cpu"],
+        ["experiment=depth", "preset=cpu"],
+    ]
+    every = split_experiment_all(["experiment=all"])
+    assert [p[0] for p in every] == [f"experiment={n}" for n in experiments()]
+    assert "experiment=sequence" in {p[0] for p in every}
+    assert split_experiment_all(["experiment=lr", "x=1"]) == [["experiment=lr", "x=1"]]
+    assert split_experiment_all(["norm=bn,gn"]) == [["norm=bn,gn"]]

@@ -33,6 +33,8 @@ SEED_KEY = "train.seed"  # every claim's grid ends with it (the shared `seeds`)
 # experiment_name names the sweep's folder, <paths.runs>/.sweeps/<name>-<stamp>: one
 # path component, well under the file systems' 255 bytes with the stamp added.
 MAX_NAME_BYTES = 100
+# A grid file's key for a union of products (experiment_grids).
+UNION = "union"
 
 
 @dataclass
@@ -70,11 +72,17 @@ def experiments() -> list[str]:
 
 
 def split_experiment_all(overrides: Sequence[str]) -> list[list[str]]:
-    """`experiment=all` means one sweep per claim, in a fixed order."""
-    if f"experiment={ALL}" not in overrides:
+    """`experiment=all` means one sweep per claim, in a fixed order; `experiment=a,b` one
+    sweep per named claim, in that order (each claim's grid is its own)."""
+    chosen = [o for o in overrides if o.startswith("experiment=")]
+    if not chosen:
         return [list(overrides)]
-    rest = [o for o in overrides if o != f"experiment={ALL}"]
-    return [[f"experiment={name}", *rest] for name in experiments()]
+    value = chosen[-1].partition("=")[2]
+    if value != ALL and "," not in value:
+        return [list(overrides)]
+    names = experiments() if value == ALL else [v.strip() for v in value.split(",")]
+    rest = [o for o in overrides if not o.startswith("experiment=")]
+    return [[f"experiment={name}", *rest] for name in names]
 
 
 def expand(overrides: Sequence[str]) -> Sweep:
@@ -90,15 +98,19 @@ def expand(overrides: Sequence[str]) -> Sweep:
             base = compose("config", overrides=[*fixed, *hydra_overrides], return_hydra_config=True)
         hydra_cfg = base.hydra
         choices = hydra_cfg.runtime.choices
-        params = experiment_grid(choices.get("experiment"), str(choices.get("preset")))
+        products = experiment_grids(choices.get("experiment"), str(choices.get("preset")))
         # A grid written the Hydra way (hydra.sweeper.params) still counts, after it.
         node = hydra_cfg.sweeper.get("params")
         hydra_params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
         assert isinstance(hydra_params, dict)
-        params.update({str(k): str(v) for k, v in hydra_params.items()})
-        # Hydra's basic sweeper: the experiment's grid first, the command line after it.
-        grid = [f"{k}={v}" for k, v in params.items()] + list(task_overrides)
-        grid_jobs = split_grid(parser.parse_overrides(grid))
+        grid_jobs: list[list[str]] = []
+        for params in products or [{}]:
+            params.update({str(k): str(v) for k, v in hydra_params.items()})
+            # Hydra's basic sweeper: the experiment's grid first, the command line after it.
+            grid = [f"{k}={v}" for k, v in params.items()] + list(task_overrides)
+            for job in split_grid(parser.parse_overrides(grid)):
+                if job not in grid_jobs:  # a run in two products once
+                    grid_jobs.append(job)
         launcher = str(hydra_cfg.runtime.choices.get("hydra/launcher", "basic"))
         launcher_params = OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
         assert isinstance(launcher_params, dict)
@@ -125,7 +137,22 @@ def experiment_grid(experiment: str | None, preset: str) -> dict[str, str]:
     the grid names train.seed), then what the file's section for `preset` changes: a
     key already there keeps its place and takes the section's value, a new key comes
     last (as Hydra merges configs). `${name}` is a value of conf/grid/_shared.yaml.
-    No experiment, or one without a grid file: an empty grid.
+    No experiment, or one without a grid file: an empty grid. A grid that is a union
+    of products (`UNION`): see experiment_grids.
+    """
+    grids = experiment_grids(experiment, preset)
+    if len(grids) != 1:
+        raise BnlabError(f"the grid of {experiment} is a union of {len(grids)} products")
+    return grids[0]
+
+
+def experiment_grids(experiment: str | None, preset: str) -> list[dict[str, str]]:
+    """The grid of `experiment` at `preset` as a union of products (usually one).
+
+    A grid file may hold `union:`, a list of mappings: each is one product, its axes
+    added after the file's own (so each arm can have its own lr ladder); the preset's
+    section may replace the union. The sweep is the products' runs in order, a run in
+    two products counted once.
     """
     folder = CONFIG_DIR / GRID_DIR
     path = folder / f"{experiment}.yaml"
@@ -142,9 +169,12 @@ def experiment_grid(experiment: str | None, preset: str) -> dict[str, str]:
     presets = config_groups().get("preset", [])
     axes: dict[str, str] = {}
     sections: dict[str, Mapping[str, Any]] = {}
+    union: list[Any] = [{}]
     for key in own:
         value = tree[key]
-        if isinstance(value, Mapping):
+        if key == UNION:
+            union = _union(path, UNION, value)
+        elif isinstance(value, Mapping):
             if key not in presets:
                 raise BnlabError(
                     f"{path}: '{key}' holds settings but is no preset "
@@ -155,8 +185,23 @@ def experiment_grid(experiment: str | None, preset: str) -> dict[str, str]:
             axes[str(key)] = _axis_value(path, key, value)
     axes.setdefault(SEED_KEY, _axis_value(path, "seeds", tree["seeds"]))
     for key, value in sections.get(preset, {}).items():
-        axes[str(key)] = _axis_value(path, f"{preset}.{key}", value)
-    return axes
+        if key == UNION:
+            union = _union(path, f"{preset}.{UNION}", value)
+        else:
+            axes[str(key)] = _axis_value(path, f"{preset}.{key}", value)
+    products = []
+    for i, product in enumerate(union):
+        grid = dict(axes)
+        for key, value in product.items():
+            grid[str(key)] = _axis_value(path, f"{UNION}[{i}].{key}", value)
+        products.append(grid)
+    return products
+
+
+def _union(path: Any, key: str, value: Any) -> list[Any]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
+        raise BnlabError(f"{path}: {key} should be a list of mappings of sweep values")
+    return value
 
 
 def _axis_value(path: Any, key: Any, value: Any) -> str:
