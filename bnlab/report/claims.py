@@ -58,7 +58,7 @@ from bnlab.report.intervals import (
 )
 from bnlab.report.keys import BN_EVAL_RUNNING, EPOCH, RUN_ID, TEST_ACC, TRAIN_ACC, TRAIN_LOSS, K
 from bnlab.report.load import RunTables
-from bnlab.report.points import CHANCE_ACC, pivot, with_acc
+from bnlab.report.points import CHANCE_ACC, epochs_to, pivot, with_acc
 from bnlab.report.probe_maths import bn_eval_long
 from bnlab.report.select import arm_labels, bn_eval_probed, linear_lr, recipe_without, select
 
@@ -352,7 +352,7 @@ def convergence_claim(tables: RunTables) -> Finding:
             )
             continue
         target = CONV_TARGET_FRACTION * min(best[BN], best[arm])
-        reach = {a: _epochs_to(at_best[at_best["arm"].eq(a)], curves, target) for a in (BN, arm)}
+        reach = {a: epochs_to(at_best[at_best["arm"].eq(a)], curves, target) for a in (BN, arm)}
         effect = difference(estimate(reach[arm]["epochs"]), estimate(reach[BN]["epochs"]))
         rows.append(verdict_row(AGAINST[arm], effect, CONV_MIN_EPOCHS, "epochs"))
         numbers[f"{arm}_target_acc_pct"] = pct(target)
@@ -372,27 +372,6 @@ def convergence_claim(tables: RunTables) -> Finding:
     data = {"curves": curves.merge(ids, on=RUN_ID)}
     numbers["curve_lr"] = "each arm at its best lr"
     return compared(rows, numbers, pd.DataFrame(table), setting, notes, data)
-
-
-def _epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Per run: the (interpolated) epoch its test accuracy first reaches `target`, else
-    planned epochs + 1."""
-    out = []
-    for _, run in runs.iterrows():
-        curve = curves[curves[RUN_ID].eq(run[RUN_ID])].sort_values(EPOCH)
-        epochs = [0.0, *curve[EPOCH].astype(float)]
-        accs = [CHANCE_ACC, *curve[TEST_ACC].astype(float)]
-        first = float(run[K.train.epochs]) + 1
-        reached = False
-        for i in range(1, len(epochs)):
-            (e0, a0), (e1, a1) = (epochs[i - 1], accs[i - 1]), (epochs[i], accs[i])
-            if a1 >= target:
-                frac = 1.0 if a0 >= target or a1 == a0 else (target - a0) / (a1 - a0)
-                first = e0 + frac * (e1 - e0)
-                reached = True
-                break
-        out.append({RUN_ID: run[RUN_ID], "epochs": first, "reached": reached})
-    return pd.DataFrame(out, columns=[RUN_ID, "epochs", "reached"])
 
 
 # ----------------------------------------------------------------------------- init

@@ -23,7 +23,7 @@ grid's resolution, not the seeds, limits the claim, and the rule's minimum cover
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,15 +154,17 @@ def verdict_row(
     why: str = "",
     *,
     below: bool = False,
+    rule: Callable[[Effect, float], tuple[str, str]] | None = None,
 ) -> Verdict:
     """A Verdict for the report: `judge`d (or, with `below`, `judge_below` with `minimum`
-    as the bound), unless `why` already says why it cannot be decided."""
+    as the bound; or by another `rule` of the same shape), unless `why` already says why
+    it cannot be decided."""
     if effect is None:
         return Verdict(against, INCONCLUSIVE, unit=unit, why=why or "no data")
     if why:
         verdict, reason = INCONCLUSIVE, why
     else:
-        verdict, reason = (judge_below if below else judge)(effect, minimum)
+        verdict, reason = (rule or (judge_below if below else judge))(effect, minimum)
     return Verdict(
         against,
         verdict,

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from bnlab.report.cells import ci_cell, pct
-from bnlab.report.keys import DIVERGED, STATUS, TEST_ACC, K
+from bnlab.report.keys import DIVERGED, EPOCH, RUN_ID, STATUS, TEST_ACC, K
 from bnlab.report.stats import Comparison
 
 CHANCE_ACC = 0.1  # 10 classes: a diverged run scores chance wherever accuracy is averaged
@@ -87,3 +87,22 @@ def pivot(
             ci_cell(sub.loc[n]) if n in sub.index else "–" for n in rows
         ]
     return table
+
+
+def epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:
+    """Per run: the epoch its test accuracy first reaches `target`, linearly interpolated
+    between epochs (epoch 0 counting as chance); planned epochs + 1 if it never does."""
+    out = []
+    for _, run in runs.iterrows():
+        curve = curves[curves[RUN_ID].eq(run[RUN_ID])].sort_values(EPOCH)
+        epochs = [0.0, *curve[EPOCH].astype(float)]
+        accs = [CHANCE_ACC, *curve[TEST_ACC].astype(float)]
+        first, reached = float(run[K.train.epochs]) + 1, False
+        for i in range(1, len(epochs)):
+            (e0, a0), (e1, a1) = (epochs[i - 1], accs[i - 1]), (epochs[i], accs[i])
+            if a1 >= target:
+                frac = 1.0 if a0 >= target or a1 == a0 else (target - a0) / (a1 - a0)
+                first, reached = e0 + frac * (e1 - e0), True
+                break
+        out.append({RUN_ID: run[RUN_ID], "epochs": first, "reached": reached})
+    return pd.DataFrame(out, columns=[RUN_ID, "epochs", "reached"])

@@ -80,9 +80,9 @@ from bnlab.report.intervals import (
     point_table,
     verdict_row,
 )
-from bnlab.report.keys import EPOCH, RUN_ID, TEST_ACC, TRAIN_ACC, K
+from bnlab.report.keys import RUN_ID, TEST_ACC, TRAIN_ACC, K
 from bnlab.report.load import RunTables
-from bnlab.report.points import CHANCE_ACC, with_acc
+from bnlab.report.points import epochs_to, with_acc
 from bnlab.report.select import Setting, select
 
 # ----------------------------------------------------------------------------- constants
@@ -248,17 +248,7 @@ def decide(
     if untrained:
         return verdict_row(against, effect, bound, unit, did_not_train(untrained[0]))
     if kind == MATCHES:
-        verdict, why = judge_within(effect, bound)
-        row = Verdict(
-            against,
-            verdict,
-            effect=effect.value,
-            low=effect.low,
-            high=effect.high,
-            unit=unit,
-            seeds=" vs ".join(str(n) for n in effect.seeds),
-            why=why,
-        )
+        row = verdict_row(against, effect, bound, unit, rule=judge_within)
     else:
         row = verdict_row(against, effect, bound, unit, below=kind == NO_WORSE)
     if row.verdict not in (SUPPORTED, NOT_SUPPORTED):
@@ -439,25 +429,6 @@ def acc_effect(terms: Sequence[tuple[int, Point]]) -> Effect:
 
 
 # ----------------------------------------------------------------------------- speed
-
-
-def epochs_to(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Per run: the epoch its test accuracy first reaches `target`, linearly interpolated
-    between epochs (epoch 0 counting as chance); planned epochs + 1 if it never does."""
-    out = []
-    for _, run in runs.iterrows():
-        curve = curves[curves[RUN_ID].eq(run[RUN_ID])].sort_values(EPOCH)
-        epochs = [0.0, *curve[EPOCH].astype(float)]
-        accs = [CHANCE_ACC, *curve[TEST_ACC].astype(float)]
-        first, reached = float(run[K.train.epochs]) + 1, False
-        for i in range(1, len(epochs)):
-            (e0, a0), (e1, a1) = (epochs[i - 1], accs[i - 1]), (epochs[i], accs[i])
-            if a1 >= target:
-                frac = 1.0 if a0 >= target or a1 == a0 else (target - a0) / (a1 - a0)
-                first, reached = e0 + frac * (e1 - e0), True
-                break
-        out.append({RUN_ID: run[RUN_ID], "epochs": first, "reached": reached})
-    return pd.DataFrame(out, columns=[RUN_ID, "epochs", "reached"])
 
 
 # ----------------------------------------------------------------------------- (a) rnn_ln
