@@ -103,12 +103,38 @@ def test_wheelhouse_installs_and_imports():
     check(WHEELHOUSE)  # raises SystemExit or CalledProcessError on any problem
 
 
-@pytest.mark.e2e
-def test_preset_gpu_sweep_fits_twenty_minutes_at_the_stated_throughput():
-    from gpu_budget import budget, read_throughput
+def test_gpu_budget_rates_are_the_measured_ones_in_between_and_beyond():
+    import gpu_budget as g
 
-    tp = read_throughput()
-    rows = budget(tp)
+    # Every measured point comes back exactly (step_ms and pack_rate invert each other).
+    for mode, by_batch in g.MEASURED.items():
+        for batch, points in by_batch.items():
+            for k, rate in points.items():
+                assert g.pack_rate(mode, k, batch) == pytest.approx(rate, rel=1e-9), (mode, k)
+    # Between measured K: linear in K (graph K=8 and 16 -> K=12 halfway); batch linear
+    # between 2 and 128; above 128 the batch-128 step of K x batch/128 runs.
+    mid = (g.step_ms(g.GRAPH, 8, 128) + g.step_ms(g.GRAPH, 16, 128)) / 2
+    assert g.step_ms(g.GRAPH, 12, 128) == pytest.approx(mid)
+    mid = (g.step_ms(g.GRAPH, 1, 2) + g.step_ms(g.GRAPH, 1, 128)) / 2
+    assert g.step_ms(g.GRAPH, 1, 65) == pytest.approx(mid)
+    assert g.step_ms(g.GRAPH, 8, 512) == pytest.approx(g.step_ms(g.GRAPH, 32, 128))
+    # Bigger packs are faster per image, and eager never beats the graph.
+    for batch in (2, 8, 32, 128, 512):
+        for mode in (g.EAGER, g.GRAPH):
+            rates = [g.pack_rate(mode, k, batch) for k in (1, 2, 3, 6, 8, 15, 16, 32, 48, 64)]
+            assert rates == sorted(rates), (mode, batch)
+        for k in (1, 3, 15, 32, 64, 100):
+            assert g.pack_rate(g.EAGER, k, batch) <= g.pack_rate(g.GRAPH, k, batch)
+    # Processes sharing the GPU: 48,097 img/s from four, 18,174 from one (measured).
+    assert g.share(1) == 1 and 4 * g.share(4) == pytest.approx(48_097 / 18_174, abs=0.01)
+    assert 16 * g.share(16) == pytest.approx(8 * g.share(8))  # no gain past the last measured
+
+
+@pytest.mark.e2e
+def test_preset_gpu_sweep_plans_packs_and_stays_within_its_measured_budget():
+    import gpu_budget as g
+
+    rows = g.pack_budget()  # sweep.pack=auto on a GPU, one unit at a time
     grids = REPO / "conf" / "grid"
     claims = {p.stem for p in grids.glob("*.yaml")} - {"_shared"}
     assert {r.experiment for r in rows} == claims, "every experiment needs conf/grid/NAME.yaml"
@@ -116,5 +142,33 @@ def test_preset_gpu_sweep_fits_twenty_minutes_at_the_stated_throughput():
     for r in rows:
         text = (grids / f"{r.experiment}.yaml").read_text()
         assert r.seeds >= 3 or "exploratory" in text, (r.experiment, r.seeds)
-    minutes = sum(r.seconds for r in rows) / 60
-    assert minutes <= 20, f"experiment=all preset=gpu: {minutes:.1f} min at {tp.img_per_s} img/s"
+
+    # The plan is the sweep's: every new run in one unit; the seeds and lrs of one arm in
+    # one pack; the activations probe packs (ics), the landscape probe and the sequence
+    # models do not; preset=gpu trains its packs eager (train.compile=false).
+    plan = {r.experiment: sorted((u.k for u in r.units), reverse=True) for r in rows}
+    for r in rows:
+        assert sum(u.k for u in r.units) == r.new_runs, r.experiment
+        assert all(u.mode == g.EAGER for u in r.units), r.experiment
+    assert plan["convergence"] == [15, 15, 15]
+    assert plan["ics"] == [3, 3, 3, 3]
+    assert set(plan["landscape"]) == {1}
+    sequence = next(r for r in rows if r.experiment == "sequence")
+    assert set(plan["sequence"]) == {1} and not any(u.measured for u in sequence.units)
+
+    # The ResNet claims at the measured rates (gpu_budget.py, 2026-12-04): 31.9 minutes
+    # one unit at a time, 14.5 with 4 units sharing the GPU -- the 8 minutes are
+    # NOT met (the GPU's own time for these runs is ~7.7 min at the graph's rates). Kept
+    # within 10% of that, so that a bigger grid (or a packing lost) is a decision.
+    measured = [r for r in rows if all(u.measured for u in r.units)]
+    one = sum(r.seconds for r in measured) / 60
+    four = sum(g.experiment_seconds(r.units, 4) for r in measured) / 60
+    assert one <= 35.0 and four <= 16.0, f"{one:.1f} min one unit at a time, {four:.1f} at 4"
+    images = sum(r.images for r in rows)
+    assert images <= 60e6, "preset=gpu: every claim within 60M training images (ARCHITECTURE.md)"
+
+    # The jobs mode's arithmetic (conf/scale/gpu.yaml's "convergence 3.9" at 60,000 img/s
+    # with n_jobs=4), on one claim.
+    others = [r.experiment for r in rows if r.experiment != "convergence"]
+    (jobs,) = g.budget(g.read_throughput(), skip=others)
+    assert jobs.new_runs == 45 and round(jobs.seconds / 60, 1) == 3.9

@@ -18,6 +18,17 @@ a member fed another seed's batches misses by 4e-3 (both asserted or tried). At
 larger learning rates the floor grows to percents within a few steps (BN's running
 statistics after 4-16 steps; ResNet-20 at lr 0.1: test losses 5-50 apart), which
 would make such a comparison meaningless. The lr column and the row layout are exact.
+
+probe.activations (probes.csv) compares the same way. At init a member's probe is its
+solo probe bit for bit (the same model, batch and noise draws). After training, the
+same solo run with train.channels_last=false (its float32 floor; MEMBERS, 2 epochs)
+moves act_mean by up to 2.4e-5 of the layer's act_std, act_std by 3.7e-5 relative
+and grad_norm by 6.4e-3 relative (already 1.2e-3 at init, from the same weights:
+rounding alone); members differ from their solo runs by at most 6e-6, 1.5e-5 and
+7.5e-3 (bn_noisy included). So: act_mean and act_std to 5e-4 of the layer's act_std,
+grad_norm to 5e-2 relative. Tried: a probe drawing the wrong noise (the global
+generators left as the pack has them) misses by 14-39% in act_std and 21-61% in
+grad_norm; one on another seed's fixed batch by 1.5-3.4% and 31-130%.
 """
 
 from __future__ import annotations
@@ -66,6 +77,9 @@ load_config = GridComposer().load
 SCIENCE = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_images", "lr")
 LOSS_RTOL = 1e-4
 ACC_IMAGES = 2
+PROBED = "probe.activations=true"
+ACT_TOL = 5e-4  # of the layer's act_std, for act_mean and act_std
+GRAD_RTOL = 5e-2
 
 
 def config(root: Path, *overrides: str, extras: bool = False) -> DictConfig:
@@ -102,6 +116,31 @@ def assert_close_rows(got: Path, want: Path) -> None:
         assert abs(float(r["train_acc"]) - float(s["train_acc"])) <= ACC_IMAGES / train_images
         test_images = int(s["test_images"])
         assert abs(float(r["test_acc"]) - float(s["test_acc"])) <= ACC_IMAGES / test_images
+
+
+def probe_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "probes.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_close_probes(got: Path, want: Path) -> None:
+    """probes.csv of two runs of one config: the same rows (none twice), init bit for
+    bit, the values after training to the tolerances above."""
+    a, b = probe_rows(got), probe_rows(want)
+    labels = [[r[k] for k in ("epoch", "step", "probe", "layer", "metric")] for r in a]
+    assert labels == [[r[k] for k in ("epoch", "step", "probe", "layer", "metric")] for r in b]
+    assert len({tuple(x) for x in labels}) == len(labels)
+    epochs = sorted({int(r["epoch"]) for r in a})
+    assert epochs == list(range(len(rows(got)) + 1))  # init and every epoch's end, once
+    std = {(r["epoch"], r["layer"]): float(r["value"]) for r in b if r["metric"] == "act_std"}
+    for r, s in zip(a, b, strict=True):
+        x, y, where = float(r["value"]), float(s["value"]), (r["epoch"], r["layer"], r["metric"])
+        if r["epoch"] == "0":
+            assert x == y, where
+        elif r["metric"] == "grad_norm":
+            assert x == pytest.approx(y, rel=GRAD_RTOL), where
+        else:
+            assert abs(x - y) <= ACT_TOL * std[(r["epoch"], r["layer"])], where
 
 
 class StopAt:
@@ -212,6 +251,59 @@ def test_bn_modes_of_a_member_are_its_solo_runs(tmp_path: Path) -> None:
     for key in ("running_acc", "precise_acc", "batch_stats_acc", "train_mode_acc"):
         assert got[key] == pytest.approx(want[key], abs=ACC_IMAGES / 200), key
     assert got["train_mode_loss"] == pytest.approx(want["train_mode_loss"], rel=LOSS_RTOL)
+
+
+def test_activation_probes_of_members_are_their_solo_runs(tmp_path: Path) -> None:
+    members = [[*m, PROBED] for m in MEMBERS]
+    out = train_pack([config(tmp_path / "pack", *m) for m in members], silent(3))
+    for got, member in zip(out, members, strict=True):
+        solo = train(config(tmp_path / "solo", *member))
+        assert {p.name for p in got.run_dir.iterdir()} == {p.name for p in solo.run_dir.iterdir()}
+        assert_close_rows(got.run_dir, solo.run_dir)
+        assert_close_probes(got.run_dir, solo.run_dir)
+        ours = load_checkpoint_file(RunDir(got.run_dir).checkpoint_file)["probe_rows"]
+        assert len(ours) == len(probe_rows(got.run_dir)) == 3 * 8 * 3  # 3 probes x 8 layers x 3
+    # The tolerance tells members apart (at init: other weights, another batch).
+    with pytest.raises(AssertionError):
+        assert_close_probes(out[0].run_dir, out[1].run_dir)
+
+
+def test_activation_probes_resume_and_leave_training_alone(tmp_path: Path) -> None:
+    # bn_noisy: the probe's forward draws noise, from the member's solo stream.
+    members = [["norm=bn_noisy", *m, PROBED] for m in MEMBERS[:2]]
+    straight = train_pack([config(tmp_path / "straight", *m) for m in members], silent(2))
+    # The probes consume nothing of the pack's: its metrics are the unprobed pack's, bit
+    # for bit.
+    plain = train_pack([config(tmp_path / "plain", *m[:-1]) for m in members], silent(2))
+    for got, want in zip(straight, plain, strict=True):
+        assert science(got.run_dir) == science(want.run_dir)
+        assert not (want.run_dir / "probes.csv").exists()
+
+    # Killed in epoch 2 and resumed: the straight pack's rows, bit for bit, none twice.
+    cfgs = [config(tmp_path / "killed", *m) for m in members]
+    with pytest.raises(KeyboardInterrupt):
+        train_pack(cfgs, [StopAt(step=STEPS_PER_EPOCH + 1), SilentReporter()])
+    for out in straight:
+        assert {r["epoch"] for r in probe_rows(tmp_path / "killed" / out.run_dir.name)} == {
+            "0", "1"
+        }  # fmt: skip
+    for got, want in zip(train_pack(cfgs, silent(2)), straight, strict=True):
+        assert got.resumed_from == 1
+        assert science(got.run_dir) == science(want.run_dir)
+        assert (got.run_dir / "probes.csv").read_text() == (want.run_dir / "probes.csv").read_text()
+
+    # A pack's checkpoint resumes solo, a solo one in a pack: the rows carry over.
+    cross = [config(tmp_path / "cross", *m) for m in members]
+    with pytest.raises(KeyboardInterrupt):
+        train_pack([cross[0]], [StopAt(epoch_end=1)])
+    with pytest.raises(KeyboardInterrupt):
+        train(cross[1], StopAt(epoch_end=1))
+    solo = train(cross[0])
+    (packed,) = train_pack([cross[1]], silent(1))
+    for got, want in ((solo, straight[0]), (packed, straight[1])):
+        assert got.resumed_from == 1
+        assert_close_rows(got.run_dir, want.run_dir)
+        assert_close_probes(got.run_dir, want.run_dir)
 
 
 # ----------------------------------------------------------------------------- divergence
@@ -394,8 +486,10 @@ def test_solo_reasons() -> None:
     assert solo_reason(load_config([*base, "norm.track_running_stats=false"])) is None
     assert solo_reason(load_config([*base, "norm=none", "model.init=fixup"])) is None
     assert solo_reason(load_config([*base, "norm=none", "model.init=skipinit"])) is None
+    assert solo_reason(load_config([*base, PROBED])) is None  # measured per member
     cases = {
         "probe.bn_stats=true": "probe.bn_stats",
+        f"{PROBED} probe.ics=true": "probe.ics",  # activations packs, ics does not
         "probe.landscape=true": "probe.landscape",
         "model.dropout=0.2": "dropout",
         "model=lstm": "model.arch=lstm",
@@ -403,7 +497,7 @@ def test_solo_reasons() -> None:
         "logger=wandb": "wandb",
     }
     for override, words in cases.items():
-        cfg = load_config([*base, override])
+        cfg = load_config([*base, *override.split()])
         reason = solo_reason(cfg)
         assert reason is not None and words in reason, override
         assert pack_key(cfg) is None
@@ -442,6 +536,7 @@ def test_pack_keys() -> None:
         "train.precision=bf16",
         "train.only_bn=true",
         "probe.bn_modes=true",
+        PROBED,  # probes.csv or not: the probe keys are shared, so part of the key
     ]
     for override in different:
         assert pack_key(load_config([*base, override])) != key, override

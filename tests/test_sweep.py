@@ -102,8 +102,8 @@ def test_a_failing_run_does_not_stop_the_sweep(runs, monkeypatch):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_sweep_completes_on_rerun_without_duplicates(runs, sig):
     args = [
-        "sweep", "norm=bn,gn,ln", "preset=smoke", "train.epochs=3", "data.train_size=768",
-        f"paths.runs={runs}",
+        "sweep", "norm=bn,gn,ln", "preset=smoke", "train.epochs=3", "data.train_size=512",
+        "model.depth=8", f"paths.runs={runs}",
     ]  # fmt: skip
     # A shell starts background jobs (`make test &`) with SIGINT ignored, and the child
     # would inherit that: start it with the default disposition, as a terminal's Ctrl-C sees.

@@ -27,7 +27,8 @@ def _cfg(seed: int, norm: str = "bn", batch: int = 2, device: str = "cpu", probe
 @pytest.fixture
 def fake_pack_rules(monkeypatch):
     """bnlab.pack.run's two rules, reduced to what these tests vary: runs pack when norm
-    and batch agree, and a run with a probe on trains alone."""
+    and batch agree, and a run flagged here (probe.activations stands in for any reason)
+    trains alone."""
     module = types.ModuleType("bnlab.pack.run")
     module.pack_key = lambda cfg: (cfg.norm.kind, cfg.data.batch_size)  # type: ignore[attr-defined]
     module.solo_reason = lambda cfg: "probes on" if cfg.probe.activations else None  # type: ignore[attr-defined]
@@ -158,7 +159,7 @@ def test_a_pack_size_splits_the_runs_and_unpackable_runs_go_alone(tmp_path):
     # Grid order: (bn, 0), (gn, 0), (bn, 1), (gn, 1), (bn, 2), (gn, 2).
     assert OmegaConf.load(record).launched == [[0, 2], [1, 3], [4], [5]]
     assert "p0/2" in result.stdout and "p1/2" in result.stdout
-    probes = _sweep(tmp_path / "p", "train.seed=0,1", "probe.activations=true", "sweep.pack=2")
+    probes = _sweep(tmp_path / "p", "train.seed=0,1", "probe.bn_stats=true", "sweep.pack=2")
     assert probes.exit_code == 0, probes.output
     [record] = (tmp_path / "p" / ".sweeps").glob("*/sweep.yaml")
-    assert OmegaConf.load(record).launched == [[0], [1]]  # probes: each run alone
+    assert OmegaConf.load(record).launched == [[0], [1]]  # a per-step probe: each run alone

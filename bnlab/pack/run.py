@@ -11,9 +11,20 @@ augmentation and noise), lr and its schedule, momentum, weight decay, Fixup's sc
 lr, init scale and (weight-only) init scheme, divergence factor -- and in how they are
 recorded (``OWN_KEYS``: runs folder, logger, preset/experiment labels). Everything
 else is one key: architecture, norm kind and settings, batch size, epochs, data,
-device, precision, compile. What cannot pack at all (``solo_reason``): a sequence
-model, per-epoch probes, dropout, logger=wandb, or modules ``bnlab.pack.packers``
-has no rule for (checked by packing two small members of the config once).
+device, precision, compile, probes. What cannot pack at all (``solo_reason``): a
+sequence model, the probes that need a solo model or loader (``SOLO_PROBES``: bn_stats,
+ics, landscape), dropout, logger=wandb, or modules ``bnlab.pack.packers`` has no rule
+for (checked by packing two small members of the config once).
+
+probe.activations packs: at a fresh start and after each epoch, each member's state is
+unpacked into its solo model (``unpack_state``) and measured by the solo run's own
+``EpochProbes`` on the solo run's fixed batch (the first batch of epoch 0 of the
+member's own loader), with torch's global generators set, for the probe's duration, to
+the member's solo states (its noise generator and CPU generator, as its checkpoint
+records them) and restored after: the same draws as the solo probe, nothing consumed
+from the pack's streams, the packed BN statistics untouched (the probe works on a copy).
+Its rows go to the member's probes.csv and its checkpoint's ``probe_rows``; a resumed
+member continues them, as ``bnlab.train.fit`` does.
 
 Each member's run folder reads exactly like its solo run's: config.yaml, metrics.csv,
 checkpoint.pt in the solo format (model: ``unpack_state``; optimizer: the member's
@@ -28,8 +39,9 @@ train as separate packs, one per (epoch, step), one after the other.
 
 Differences from the solo run, all inside what the pack core documents: a diverged
 member keeps the state from *before* its diverging step (the solo run applies that
-step, then stops), so its checkpoint and its last row's test numbers are of that
-state; divergence is checked every step on a GPU too (the solo loop every 25th);
+step, then stops), so its checkpoint, its last row's test numbers and its last
+activation-probe rows are of that state; divergence is checked every step on a GPU
+too (the solo loop every 25th);
 ``train.compile`` means the pack's whole-step CUDA graph on CUDA (``GraphedStep``,
 falling back to eager with a warning) and eager elsewhere; time_s, images_per_s and
 elapsed_s are the pack's time (images_per_s: the member's own images per second).
@@ -37,7 +49,8 @@ A stopped member stays in the module, masked, until the pack ends: dropping it
 would change the others' kernel shapes, so their rounding (tests/test_pack_run.py).
 
 Tested on CPU (tests/test_pack_run.py); the CUDA paths -- the generators' CUDA
-states in checkpoints, ``GraphedStep`` -- have not yet run on a GPU.
+states in checkpoints and in the activations probe (``_solo_rng``), ``GraphedStep``
+-- have not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -51,7 +64,7 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -78,7 +91,7 @@ from bnlab.store import RunBusy, RunDir, RunStore, check_writable, git_commit, r
 from bnlab.train.bn_modes import bn_modes
 from bnlab.train.fit import build_optimizer
 from bnlab.train.loop import Reporter
-from bnlab.train.probes import bn_eval
+from bnlab.train.probes import EpochProbes, ProbeRow, bn_eval, write_probes
 from bnlab.train.runtime import Runtime, resolve_runtime
 from bnlab.train.spec import TrainSpec
 
@@ -104,8 +117,11 @@ MEMBER_KEYS = (
 )
 # Where and how a member is recorded: its own folder, logger and labels.
 OWN_KEYS = ("paths", "logger", "preset_name", "experiment_name")
-# The per-epoch probes: measured on a solo model between steps (bnlab.train.probes).
-PROBES = ("bn_stats", "activations", "ics", "landscape")
+# The per-epoch probes a pack cannot take (bnlab.train.probes): ics and landscape
+# measure the solo model between its steps (on the step's own batch, at its lr),
+# bn_stats needs a loader of its own over the curve's images. probe.activations (a
+# fixed batch, at init and each epoch's end) is measured per member (``_member_probes``).
+SOLO_PROBES = ("bn_stats", "ics", "landscape")
 
 
 # ----------------------------------------------------------------------------- which runs pack
@@ -116,9 +132,12 @@ def solo_reason(cfg: DictConfig) -> str | None:
     m = cfg.model
     if m.arch != "resnet":
         return f"model.arch={m.arch}: only the CIFAR ResNets pack (bnlab.pack.packers)"
-    on = [name for name in PROBES if cfg.probe.get(name, False)]
+    on = [name for name in SOLO_PROBES if cfg.probe.get(name, False)]
     if on:
-        return f"probe.{on[0]}=true: the per-epoch probes measure a solo model between steps"
+        return (
+            f"probe.{on[0]}=true: bn_stats, ics and landscape measure a solo model between "
+            "steps or on a loader of their own (of the probes, only activations packs)"
+        )
     dropout = float(m.get("dropout", 0.0) or 0.0)
     if dropout > 0:
         return (
@@ -201,6 +220,7 @@ class _Member:
     sink: Sink
     checkpoint: dict[str, Any] | None
     rows: list[dict[str, float]] = field(default_factory=list)
+    probe_rows: list[ProbeRow] = field(default_factory=list)  # probe.activations' rows
     start_epoch: int = 0
     step: int = 0
     elapsed: float = 0.0
@@ -338,6 +358,10 @@ def _start(i: int, cfg: DictConfig, run: RunDir, reporter: Reporter, shared: _Sh
         m.elapsed, m.diverged_epoch = c["elapsed_s"], c["diverged_epoch"]
         m.pack = c.get("pack")
         run.write_metrics(m.rows)  # repair a CSV that lagged the checkpoint
+        if spec.probes.enabled:
+            # get: a checkpoint written before the probes existed has no probe rows.
+            m.probe_rows = c.get("probe_rows", [])
+            write_probes(run.path, m.probe_rows)  # likewise
     return m
 
 
@@ -475,6 +499,7 @@ class _Pack:
     generators: list[torch.Generator]  # each member's noise stream (its "rng")
     cpu_rngs: list[torch.Tensor]  # on CUDA: the CPU generator as the solo run leaves it
     loaders: list[DeviceLoader]  # each member's training batches
+    probes: list[EpochProbes | None]  # each member's probe.activations, on its solo model
 
     @property
     def net(self) -> Any:
@@ -488,6 +513,7 @@ def _pack(group: list[_Member], shared: _Shared) -> _Pack:
     for m in group[1:]:
         if not m.spec.packs_with(spec0):
             raise PackError(f"{m.run.path.name} and {group[0].run.path.name} do not pack")
+    fresh = [m.checkpoint is None for m in group]  # the solo fit probes these at init
     models, cpu_rngs, gens = [], [], []
     for m in group:
         model, cpu_rng = _build(m, shared)
@@ -529,6 +555,11 @@ def _pack(group: list[_Member], shared: _Shared) -> _Pack:
     trainer = PackTrainer(net, opt, guard, table, autocast)
     trainer.set_step(group[0].step)
     loaders = [_reseeded(shared.train, m.spec.seed) for m in group]
+    probes = _member_probes(group, models, optimizers, loaders, rt)
+    for i, p in enumerate(probes):
+        if p is not None and fresh[i]:
+            with _solo_rng(gens[i], cpu_rngs[i], device):
+                p.at_init()  # before the graph's warm-up: every stream as the build left it
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = trainer
     if graphed:
         step, graphed = _graph(trainer, loaders, group[0].start_epoch)
@@ -537,7 +568,50 @@ def _pack(group: list[_Member], shared: _Shared) -> _Pack:
     for i, m in enumerate(group):
         m.pack = {"size": len(group), "members": names, "index": i}
         _describe(m, models[i], ran)
-    return _Pack(trainer, step, models, gens, cpu_rngs, loaders)
+    return _Pack(trainer, step, models, gens, cpu_rngs, loaders, probes)
+
+
+def _member_probes(
+    group: list[_Member],
+    models: list[torch.nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    loaders: list[DeviceLoader],
+    rt: Runtime,
+) -> list[EpochProbes | None]:
+    """Each member's ``EpochProbes`` as its solo fit builds them (None: probes off), on
+    its solo model, continuing the rows of its checkpoint. Only probe.activations gets
+    here (``solo_reason``): the model is loaded with the member's state before each use."""
+    out: list[EpochProbes | None] = []
+    for m, model, optimizer, loader in zip(group, models, optimizers, loaders, strict=True):
+        if not m.spec.probes.enabled:
+            out.append(None)
+            continue
+        trained_ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        trained = {n for n, p in model.named_parameters() if id(p) in trained_ids}
+        # Epoch 0's first batch of the member's own loader: the solo fit's fixed batch.
+        fixed = next(iter(loader.epoch(0))) if m.spec.probes.activations else None
+        probes = EpochProbes(m.spec.probes, model, rt, trained, fixed, None)
+        probes.rows = m.probe_rows  # the same list: the checkpoint's rows, continued
+        out.append(probes)
+    return out
+
+
+@contextlib.contextmanager
+def _solo_rng(gen: torch.Generator, cpu_rng: torch.Tensor, device: torch.device) -> Iterator[None]:
+    """Within: torch's global generators in the states the member's solo run has now
+    (``_save``'s rng and cuda_rng: on a CPU its noise generator ``gen`` stands for the
+    global one; on CUDA for the device's, the CPU's at ``cpu_rng``); restored after, so
+    a probe's draws are the solo probe's and leave every stream as it was."""
+    if device.type != "cuda":
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(gen.get_state())
+            yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index]):
+        torch.set_rng_state(cpu_rng)
+        torch.cuda.set_rng_state(gen.get_state(), index)
+        yield
 
 
 def _train_group(group: list[_Member], shared: _Shared) -> None:
@@ -602,6 +676,11 @@ def _train_group(group: list[_Member], shared: _Shared) -> None:
             if i in stopped:
                 m.diverged_epoch = epoch + 1
         step += steps_per_epoch
+        # probe.activations after the epoch, as the solo fit's end_epoch: on the member's
+        # state (a stopped member's: the one it keeps), in its solo model.
+        for i in live:
+            if pack.probes[i] is not None:
+                _probe_member(group[i], pack, i, device)
 
         # Every member's checkpoint, then its CSV, before anyone hears of the epoch: a
         # pack stopped in a reporter leaves all its members at the same epoch.
@@ -609,6 +688,8 @@ def _train_group(group: list[_Member], shared: _Shared) -> None:
             _save(group[i], pack, i, device)
         for i in live:
             group[i].run.write_metrics(group[i].rows)
+            if pack.probes[i] is not None:
+                write_probes(group[i].run.path, group[i].probe_rows)
         for i in live:
             group[i].sink.log_epoch(group[i].rows[-1])
             group[i].reporter.epoch_end(group[i].rows[-1])
@@ -620,6 +701,15 @@ def _train_group(group: list[_Member], shared: _Shared) -> None:
         live = [i for i in live if i not in over]
         if not live:
             break
+
+
+def _probe_member(m: _Member, pack: _Pack, i: int, device: torch.device) -> None:
+    """Member i's end-of-epoch probe rows (``EpochProbes.end_epoch``) on its solo model."""
+    probes = pack.probes[i]
+    assert probes is not None
+    pack.models[i].load_state_dict(unpack_state(pack.net, i))
+    with _solo_rng(pack.generators[i], pack.cpu_rngs[i], device):
+        probes.end_epoch(len(m.rows), m.step, m.rows[-1]["test_acc"])
 
 
 def _save(m: _Member, pack: _Pack, i: int, device: torch.device) -> None:
@@ -640,7 +730,7 @@ def _save(m: _Member, pack: _Pack, i: int, device: torch.device) -> None:
             "rows": m.rows,
             "elapsed_s": m.elapsed,
             "diverged_epoch": m.diverged_epoch,
-            "probe_rows": [],
+            "probe_rows": m.probe_rows,
             "pack": m.pack,
         }
     )

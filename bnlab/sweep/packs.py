@@ -13,8 +13,8 @@ id and folder are the same however it was trained):
   32 otherwise (an H200 gave 123k img/s at K=16 and 174k at K=32 against 12k solo at
   batch 128), fewer when a CUDA device here has not the memory for them.
 
-A run that cannot pack (``bnlab.pack.run.solo_reason``: probes on, dropout, a
-sequence model, ...) trains alone whatever the setting.
+A run that cannot pack (``bnlab.pack.run.solo_reason``: the bn_stats, ics or landscape
+probe on, dropout, a sequence model, ...) trains alone whatever the setting.
 """
 
 from __future__ import annotations
