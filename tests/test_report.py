@@ -504,3 +504,18 @@ def test_unfinished_and_failed_runs_are_named_but_not_counted(suite):
     depth = next(c for c in result.claims if c.key == "depth")
     assert any("1 failed, 1 incomplete" in n for n in depth.notes)
     assert "(n=3)" not in depth.evidence.to_string()  # 2 seeds each; seed 7 never counted
+
+
+def test_seed_noise_is_given_per_dataset_when_a_store_holds_several():
+    from bnlab.report.render import seed_noise_text
+
+    rows = [
+        {"dataset": d, "train.seed": s, "optim.lr": 0.1, "status": "completed", "test_acc": acc}
+        for d, accs in (("CIFAR-10 (JPEG q75)", (0.40, 0.46)), ("Fashion-MNIST", (0.80, 0.81)))
+        for s, acc in enumerate(accs)
+    ]
+    both = pd.DataFrame(rows)
+    text = seed_noise_text(both)
+    assert text.startswith("CIFAR-10 (JPEG q75): 4.24 pp (1 dof); Fashion-MNIST: 0.71 pp (1 dof)")
+    one = seed_noise_text(both[both["dataset"].eq("Fashion-MNIST")])
+    assert one == "0.71 pp (pooled SD of final test accuracy between seeds, 1 degrees of freedom)"

@@ -101,14 +101,22 @@ def header_facts(tables: RunTables) -> list[tuple[str, str]]:
 
 def seed_noise_text(runs: pd.DataFrame) -> str:
     """The noise floor measured from the seeds: the pooled standard deviation of final
-    test accuracy over every training config run with 2 or more seeds."""
-    sd, dof = seed_noise(runs)
-    if not dof:
-        return "not measured (no config was run with 2 or more seeds)"
-    return (
-        f"{100 * sd:.2f} pp (pooled SD of final test accuracy between seeds, "
-        f"{dof} degrees of freedom)"
-    )
+    test accuracy over every training config run with 2 or more seeds -- per dataset
+    variant when the store holds several (their accuracies' noise differs)."""
+    variants = runs[DATASET].dropna().unique() if DATASET in runs else []
+    if len(variants) <= 1:
+        sd, dof = seed_noise(runs)
+        if not dof:
+            return "not measured (no config was run with 2 or more seeds)"
+        return (
+            f"{100 * sd:.2f} pp (pooled SD of final test accuracy between seeds, "
+            f"{dof} degrees of freedom)"
+        )
+    parts = []
+    for variant in sorted(variants):
+        sd, dof = seed_noise(runs[runs[DATASET].eq(variant)])
+        parts.append(f"{variant}: " + (f"{100 * sd:.2f} pp ({dof} dof)" if dof else "not measured"))
+    return "; ".join(parts) + " (pooled SD of final test accuracy between seeds)"
 
 
 def problem_runs(tables: RunTables) -> pd.DataFrame:
