@@ -29,7 +29,7 @@ from bnlab.models import count_params
 from bnlab.sinks import make_sink
 from bnlab.store import RunBusy, RunStore, check_writable, git_commit, run_id
 from bnlab.train.bn_modes import BN_MODE_KINDS, bn_modes
-from bnlab.train.fit import Loaders, fit
+from bnlab.train.fit import FitResult, Loaders, fit
 from bnlab.train.loop import Reporter, SilentReporter
 from bnlab.train.probes import bn_eval
 from bnlab.train.runtime import Runtime, resolve_runtime
@@ -200,35 +200,52 @@ def train(cfg: DictConfig, reporter: Reporter | None = None) -> RunOutcome:
                 sink.finish(summary)
                 outcome = RunOutcome("failed", run.path, summary)
                 raise RunFailed(outcome, summary["error"]) from err
-            rows = result.rows
-            summary |= {
-                "status": result.status,
-                "epochs": len(rows),
-                "epochs_planned": spec.epochs,
-                "diverged_epoch": result.diverged_epoch,
-                "test_acc": rows[-1]["test_acc"] if rows else None,
-                "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
-                "train_acc": rows[-1]["train_acc"] if rows else None,
-                "train_loss": rows[-1]["train_loss"] if rows else None,
-                "test_loss": rows[-1]["test_loss"] if rows else None,
-                "train_s": result.train_seconds,
-                "wall_s": sum(r["time_s"] for r in rows),
-                "images_per_s": _mean([r["images_per_s"] for r in rows]),
-                "resumed_from_epoch": result.resumed_from,
-            }
-            sizes = list(spec.evals.bn_eval_batch_sizes)
-            if sizes and result.status == "completed":
-                summary["bn_eval"] = bn_eval(
-                    model, data.test_x, data.test_y, sizes, data.mean, data.std, rt,
-                    spec.seed, running_acc=rows[-1]["test_acc"],
-                )  # fmt: skip
-            if spec.evals.bn_modes and result.status == "completed":
-                summary["bn_modes"] = bn_modes(model, data, spec, rows[-1]["test_acc"])
+            summary |= result_summary(result, spec.epochs)
+            summary |= final_measurements(model, data, spec, result.status, result.rows)
             run.write_summary(summary)
             sink.finish(summary)
     except RunBusy:
         return RunOutcome("busy", run.path, None)
     return RunOutcome(result.status, run.path, summary, result.resumed_from)
+
+
+def result_summary(result: FitResult, epochs_planned: int) -> dict[str, Any]:
+    """summary.json's outcome fields for a finished fit (a solo run's or a pack member's)."""
+    rows = result.rows
+    return {
+        "status": result.status,
+        "epochs": len(rows),
+        "epochs_planned": epochs_planned,
+        "diverged_epoch": result.diverged_epoch,
+        "test_acc": rows[-1]["test_acc"] if rows else None,
+        "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
+        "train_acc": rows[-1]["train_acc"] if rows else None,
+        "train_loss": rows[-1]["train_loss"] if rows else None,
+        "test_loss": rows[-1]["test_loss"] if rows else None,
+        "train_s": result.train_seconds,
+        "wall_s": sum(r["time_s"] for r in rows),
+        "images_per_s": _mean([r["images_per_s"] for r in rows]),
+        "resumed_from_epoch": result.resumed_from,
+    }
+
+
+def final_measurements(
+    model: torch.nn.Module, data: Any, spec: TrainSpec, status: str, rows: list[dict[str, float]]
+) -> dict[str, Any]:
+    """The end-of-run BN measurements the spec asks for (bn_eval, bn_modes), on `model` in
+    its final state; none for a diverged run."""
+    out: dict[str, Any] = {}
+    if status != "completed":
+        return out
+    sizes = list(spec.evals.bn_eval_batch_sizes)
+    if sizes:
+        out["bn_eval"] = bn_eval(
+            model, data.test_x, data.test_y, sizes, data.mean, data.std, spec.runtime,
+            spec.seed, running_acc=rows[-1]["test_acc"],
+        )  # fmt: skip
+    if spec.evals.bn_modes:
+        out["bn_modes"] = bn_modes(model, data, spec, rows[-1]["test_acc"])
+    return out
 
 
 def _mean(values: list[float]) -> float | None:

@@ -85,13 +85,18 @@ from bnlab.pack.model import capture_generator, pack_models, unpack_state
 from bnlab.pack.optim import PackSGD, lr_table
 from bnlab.pack.packers import PackError
 from bnlab.pack.step import PackTrainer, evaluate_pack, pack_batch
-from bnlab.recipe import RunFailed, RunOutcome, train_spec
+from bnlab.recipe import (
+    RunFailed,
+    RunOutcome,
+    final_measurements,
+    result_summary,
+    train_spec,
+)
 from bnlab.sinks import Sink, make_sink
 from bnlab.store import RunBusy, RunDir, RunStore, check_writable, git_commit, run_id, run_name
-from bnlab.train.bn_modes import bn_modes
-from bnlab.train.fit import build_optimizer
+from bnlab.train.fit import FitResult, build_optimizer
 from bnlab.train.loop import Reporter
-from bnlab.train.probes import EpochProbes, ProbeRow, bn_eval, write_probes
+from bnlab.train.probes import EpochProbes, ProbeRow, write_probes
 from bnlab.train.runtime import Runtime, resolve_runtime
 from bnlab.train.spec import TrainSpec
 
@@ -455,32 +460,10 @@ def _finish_from_checkpoint(group: list[_Member], shared: _Shared) -> None:
 
 def _finish(m: _Member, model: torch.nn.Module, shared: _Shared) -> None:
     """summary.json as recipe.train writes it, plus the pack; ``model``: the final state."""
-    rows, spec = m.rows, m.spec
     status = "diverged" if m.diverged_epoch is not None else "completed"
-    summary = m.summary | {
-        "status": status,
-        "epochs": len(rows),
-        "epochs_planned": spec.epochs,
-        "diverged_epoch": m.diverged_epoch,
-        "test_acc": rows[-1]["test_acc"] if rows else None,
-        "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
-        "train_acc": rows[-1]["train_acc"] if rows else None,
-        "train_loss": rows[-1]["train_loss"] if rows else None,
-        "test_loss": rows[-1]["test_loss"] if rows else None,
-        "train_s": m.elapsed,
-        "wall_s": sum(r["time_s"] for r in rows),
-        "images_per_s": _mean([r["images_per_s"] for r in rows]),
-        "resumed_from_epoch": m.start_epoch,
-    }
-    data, rt = shared.data, shared.rt
-    sizes = list(spec.evals.bn_eval_batch_sizes)
-    if sizes and status == "completed":
-        summary["bn_eval"] = bn_eval(
-            model, data.test_x, data.test_y, sizes, data.mean, data.std, rt,
-            spec.seed, running_acc=rows[-1]["test_acc"],
-        )  # fmt: skip
-    if spec.evals.bn_modes and status == "completed":
-        summary["bn_modes"] = bn_modes(model, data, spec, rows[-1]["test_acc"])
+    result = FitResult(status, m.rows, m.diverged_epoch, m.start_epoch, m.elapsed)
+    summary = m.summary | result_summary(result, m.spec.epochs)
+    summary |= final_measurements(model, shared.data, m.spec, status, m.rows)
     if m.pack is not None:
         summary["pack"] = m.pack
     m.run.write_summary(summary)
@@ -755,7 +738,3 @@ def _graph(
             "training the pack in eager mode"
         )
         return trainer, False
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
