@@ -171,12 +171,14 @@ def test_the_default_keeps_every_run_id() -> None:
 def test_committed_runs_keep_their_ids_with_the_key_at_its_default() -> None:
     # What composing a committed run's grid point now adds: model.dropout: 0.0.
     runs = sorted((REPO / "results").glob("*/runs/*/config.yaml"))  # cpu and gpu
-    assert len(runs) > 100
+    before_the_key = 0
     for path in runs:
         cfg = OmegaConf.load(path)
-        assert "dropout" not in cfg.model
-        cfg.model.dropout = 0.0
+        if "dropout" not in cfg.model:  # trained before the key existed
+            before_the_key += 1
+            cfg.model.dropout = 0.0
         assert run_id(cfg) == path.parent.name.rsplit("-", 1)[1], path.parent.name
+    assert before_the_key > 100
 
 
 # ----------------------------------------------------------------------------- probes, fold, export
