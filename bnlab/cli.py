@@ -315,21 +315,21 @@ def sweep(
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     verb = "would run" if dry_run else f"took {time.perf_counter() - started:.0f}s"
     console.print(f"{len(all_rows)} runs ({summary}); {verb}", highlight=False)
-    console.print(f"budget: {_budget(sweeps).describe()}", highlight=False)
+    console.print(f"budget: {_budget(sweeps, all_rows).describe()}", highlight=False)
     if not dry_run and counts.get("failed", 0):
         raise typer.Exit(EXIT_FAILED)
 
 
-def _budget(sweeps: list[Any]) -> Any:
+def _budget(sweeps: list[Any], rows: list[Any]) -> Any:
     """The sweeps' size in training images (bnlab.sweep.budget), each run once; "to
-    train": the runs not finished now (after a sweep: those that failed)."""
-    from bnlab.store import RunStore, run_name
+    train": the runs not finished now (after a sweep: those that failed). `rows`: the
+    table's, one per job in the same order, whose status the store already gave."""
+    from bnlab.store import FINISHED, run_name
     from bnlab.sweep.budget import budget
 
+    jobs = [j for s in sweeps for j in s.jobs]
     return budget(
-        (run_name(j.cfg), j.cfg, RunStore(j.cfg.paths.runs).run_dir(j.cfg).is_finished())
-        for s in sweeps
-        for j in s.jobs
+        (run_name(j.cfg), j.cfg, row.status in FINISHED) for j, row in zip(jobs, rows, strict=True)
     )
 
 

@@ -146,7 +146,11 @@ def run_task(task: SweepTask) -> list[str]:
     """Train the task's run(s); each one's status ("completed", "diverged", "failed", ...)."""
     watch_sweep()
     from bnlab.store import run_name
+    from bnlab.train.runtime import share_gpu
 
+    # joblib's n_jobs processes share this machine's one GPU: each gets its share
+    # of the GPU memory (applied only if the run uses CUDA).
+    share_gpu(task.gpu_jobs)
     cfgs = [_job_config(cfg, task) for cfg in task.cfgs]
     labels = [run_name(cfg) for cfg in cfgs]
     reporters = [LineReporter(label) for label in labels]
@@ -158,12 +162,7 @@ def run_task(task: SweepTask) -> list[str]:
 
 def _job_config(cfg: DictConfig, task: SweepTask) -> DictConfig:
     """The run's config as this job trains it: its share of the cores applied."""
-    from bnlab.train.runtime import share_gpu
-
     cfg = copy.deepcopy(cfg)  # in-process (basic launcher) the sweep keeps its own
-    # joblib's n_jobs processes share this machine's one GPU: each gets its share
-    # of the GPU memory (applied only if the run uses CUDA).
-    share_gpu(task.gpu_jobs)
     if cfg.train.threads is None and task.threads is not None:
         # Processes sharing the cores must not each start a thread per core.
         with open_dict(cfg):
