@@ -79,6 +79,9 @@ class Verdict:
     unit: str = ""
     seeds: str = ""  # e.g. "3 vs 3"
     why: str = ""  # a short reason, e.g. "exploratory: fewer than 3 seeds"
+    # True when `why` names something that keeps the effect from deciding (a best lr
+    # at its ladder's edge, censoring, an arm that does not train): `headline` skips it.
+    blocked: bool = False
 
     def effect_text(self) -> str:
         if self.effect is None:
@@ -97,6 +100,29 @@ def overall(verdicts: Sequence[Verdict]) -> str:
     if decided:
         return decided.pop()
     return INCONCLUSIVE
+
+
+def headline(verdicts: Sequence[Verdict]) -> str:
+    """A section's headline from its comparisons, for the rules of issue 24 on (lr v4,
+    depth v3, batch v4, ...): the comparisons that were *measured* -- an effect with
+    an interval and no blocking reason in `why` other than the verdict's own -- must
+    agree. SUPPORTED or NOT SUPPORTED when every measured row says so; MIXED when
+    measured rows disagree (SUPPORTED beside NOT SUPPORTED, or beside a measured but
+    undecided INCONCLUSIVE row); INCONCLUSIVE when nothing was decided. Rows without a
+    measured effect (an arm that never trains, missing runs) do not count, and each
+    keeps its own verdict in the table. `overall` (the earlier rules' headline) stays
+    for the sections decided before it."""
+    measured = [
+        v.verdict
+        for v in verdicts
+        if v.effect is not None and v.low is not None and v.low == v.low and not v.blocked
+    ]
+    decided = set(measured) & {SUPPORTED, NOT_SUPPORTED}
+    if not decided:
+        return INCONCLUSIVE
+    if len(set(measured)) > 1:
+        return MIXED
+    return decided.pop()
 
 
 @dataclass

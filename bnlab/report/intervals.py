@@ -174,6 +174,7 @@ def verdict_row(
         unit=unit,
         seeds=" vs ".join(str(n) for n in effect.seeds),
         why=reason,
+        blocked=bool(why),  # a reason given up front keeps the measured effect from deciding
     )
 
 

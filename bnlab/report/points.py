@@ -22,6 +22,12 @@ CHANCE_ACC = 0.1  # 10 classes: a diverged run scores chance wherever accuracy i
 # best when its best is chance too, yet it does not train.
 LEARNS_ABOVE_CHANCE = 0.10
 LEARNS = CHANCE_ACC + LEARNS_ABOVE_CHANCE
+# "Stuck": a run that finished with a finite loss but whose final test accuracy stayed
+# within 2 pp of chance (a constant prediction scores exactly 10%; a random one is
+# within 0.3 pp of it on the 10k test set, so 12% is far outside noise). It did not
+# train, whatever its status says (issue 24: failed to train is a result).
+STUCK_BELOW = CHANCE_ACC + 0.02
+TRAINED, STUCK = "trained", "stuck"  # with keys.DIVERGED: what `outcome` says of a run
 NORM_ORDER = ("bn", "gn", "ln", "none")
 
 
@@ -29,6 +35,17 @@ def with_acc(runs: pd.DataFrame, column: str = TEST_ACC, name: str = "acc") -> p
     """`name`: the final `column` accuracy, chance for a diverged run (it learned
     nothing usable)."""
     return runs.assign(**{name: runs[column].where(runs[STATUS].ne(DIVERGED), CHANCE_ACC)})
+
+
+def outcome(runs: pd.DataFrame, column: str = TEST_ACC) -> pd.Series:
+    """Per run: "diverged" (its status), "stuck" (finished at chance, STUCK_BELOW) or
+    "trained". A run *trains* only when it is neither."""
+    diverged = runs[STATUS].eq(DIVERGED)
+    stuck = ~diverged & (runs[column].astype(float) < STUCK_BELOW)
+    out = pd.Series(TRAINED, index=runs.index, dtype=object)
+    out[stuck] = STUCK
+    out[diverged] = DIVERGED
+    return out
 
 
 def values_of(pts: pd.DataFrame, who: str, key: str, by: str = K.norm.kind) -> set[Any]:
