@@ -16,6 +16,7 @@ from bnlab.sweep.grid import (
     GRID_DIR,
     SEED_KEY,
     SHARED,
+    SUITES,
     expand,
     experiment_grid,
     experiment_grids,
@@ -25,24 +26,26 @@ from bnlab.sweep.grid import (
 GRIDS = CONFIG_DIR / GRID_DIR
 SCALE = CONFIG_DIR / "scale"
 
-# Runs per experiment at each preset, as the layout of one scale file per pair listed
-# them (bnlab sweep experiment=all preset=... --dry-run: 534, 276, 282, 534 runs), and
-# the sequence family's 99 (a union of 8 products, added after that layout).
+# Runs per experiment at each preset (bnlab sweep experiment=NAME preset=... --dry-run).
+# 2026-12-05 (issue 24): lr, convergence and depth took the headline grids (per-arm lr
+# windows; plain and residual depth 8-110), and batch_tune, small_batch and dropout
+# are new.
 COUNTS = {
-    "full": {"batch": 21, "batch_protocol": 30, "convergence": 120, "deep_no_norm": 36,
-             "depth": 36, "depth_plain": 18, "ics": 18, "inference": 3, "init": 60,
-             "landscape": 9, "lr": 120, "lr_naive": 30, "norms": 21, "regularization": 12},
-    "cpu": {"batch": 21, "batch_protocol": 10, "convergence": 45, "deep_no_norm": 24,
-            "depth": 24, "depth_plain": 4, "ics": 15, "inference": 3, "init": 36,
-            "landscape": 6, "lr": 45, "lr_naive": 10, "norms": 21, "regularization": 12},
-    "gpu": {"batch": 21, "batch_protocol": 10, "convergence": 45, "deep_no_norm": 24,
-            "depth": 24, "depth_plain": 4, "ics": 18, "inference": 3, "init": 36,
-            "landscape": 9, "lr": 45, "lr_naive": 10, "norms": 21, "regularization": 12},
+    "full": {"batch": 21, "batch_protocol": 30, "batch_tune": 18, "convergence": 84,
+             "deep_no_norm": 36, "depth": 216, "depth_plain": 18, "dropout": 36, "ics": 18,
+             "inference": 3, "init": 60, "landscape": 9, "lr": 84, "lr_naive": 30,
+             "norms": 21, "regularization": 12, "sequence": 99, "small_batch": 57},
+    "cpu": {"batch": 21, "batch_protocol": 10, "batch_tune": 18, "convergence": 84,
+            "deep_no_norm": 24, "depth": 108, "depth_plain": 4, "dropout": 36, "ics": 15,
+            "inference": 3, "init": 36, "landscape": 6, "lr": 84, "lr_naive": 10,
+            "norms": 21, "regularization": 12, "sequence": 99, "small_batch": 57},
+    "gpu": {"batch": 21, "batch_protocol": 10, "batch_tune": 18, "convergence": 84,
+            "deep_no_norm": 24, "depth": 216, "depth_plain": 4, "dropout": 36, "ics": 18,
+            "inference": 3, "init": 36, "landscape": 9, "lr": 84, "lr_naive": 10,
+            "norms": 21, "regularization": 12, "sequence": 99, "small_batch": 57},
 }  # fmt: skip
-for _counts in COUNTS.values():
-    _counts["sequence"] = 99
 COUNTS["smoke"] = COUNTS["full"]
-TOTALS = {"full": 534 + 99, "smoke": 534 + 99, "cpu": 276 + 99, "gpu": 282 + 99}
+TOTALS = {preset: sum(counts.values()) for preset, counts in COUNTS.items()}
 
 # The first and last run of a few sweeps, by overrides and run id, as that layout named
 # them. A run id hashes the scientific config (data size, epochs, probe steps, eval
@@ -51,7 +54,7 @@ KNOWN_RUNS = [
     (["experiment=landscape", "preset=cpu"], 6,
      ("arm=bn train.seed=0", "1fd2ccf92688"), ("arm=fixup train.seed=2", "1945bfed38c9")),
     (["experiment=landscape", "preset=gpu"], 9,
-     ("arm=bn train.seed=0", "254813675985"), ("arm=skipinit train.seed=2", "dc0a8abd9a29")),
+     ("arm=bn train.seed=0", "c42230938ce6"), ("arm=skipinit train.seed=2", "a88f4a2c029a")),
     (["experiment=batch_protocol", "preset=cpu"], 10,
      ("arm=bn data.batch_size=2 train.seed=0", "4c989e3c2955"),
      ("arm=gn data.batch_size=128 train.seed=0", "2ced90cb0ac5")),
@@ -66,8 +69,14 @@ KNOWN_RUNS = [
     (["experiment=ics", "preset=cpu"], 15,
      ("arm=bn train.seed=0", "ce4a7511516b"), ("arm=noisy_m1 train.seed=2", "abc386109651")),
     (["experiment=lr_naive", "preset=gpu"], 10,
-     ("arm=none optim.lr=0.0001 train.seed=0", "ae87093252e4"),
-     ("arm=none optim.lr=3.0 train.seed=0", "503f9b7e153d")),
+     ("arm=none optim.lr=0.0001 train.seed=0", "f3fc79b0abcb"),
+     ("arm=none optim.lr=3.0 train.seed=0", "28089d3d6468")),
+    (["experiment=lr", "preset=cpu"], 84,
+     ("train.seed=0 arm=none optim.lr=0.003125", "a761520cb2e5"),
+     ("train.seed=2 arm=bn optim.lr=12.8", "33471952987e")),
+    (["experiment=small_batch", "preset=cpu"], 57,
+     ("train.seed=0 arm=bn data.batch_size=2 optim.lr=0.003125", "1fd341a280fb"),
+     ("train.seed=2 arm=ghost_bn2 optim.lr=0.1", "96a8e74e09b3")),
     (["experiment=regularization", "preset=smoke"], 12,
      ("arm=bn train.seed=0", "b9c7d758da27"), ("arm=none train.seed=2", "3975ca24d4e4")),
 ]  # fmt: skip
@@ -97,6 +106,15 @@ def leaves(node: Any, path: str = "") -> list[tuple[str, Any]]:
     return [(path.rstrip("."), node)]
 
 
+HEADLINE = "headline"
+
+
+def names_headline(path: Path) -> bool:
+    """A pair file whose only content is the preset's headline scale."""
+    tree = yaml.safe_load(path.read_text())
+    return tree == {"defaults": [f"/scale/{path.parent.name}/{HEADLINE}"]}
+
+
 def pair_files() -> list[Path]:
     """conf/scale/<preset>/<experiment>.yaml: a preset's change to one claim's settings."""
     return sorted(SCALE.glob("*/*.yaml"))
@@ -106,7 +124,7 @@ def pair_files() -> list[Path]:
 
 
 def test_every_experiment_has_a_grid_and_every_grid_an_experiment():
-    grids = {p.stem for p in GRIDS.glob("*.yaml")} - {SHARED}
+    grids = {p.stem for p in GRIDS.glob("*.yaml")} - {SHARED, SUITES}
     assert grids == set(experiments())
 
 
@@ -140,12 +158,16 @@ def test_a_preset_scales_claims_with_one_file_not_one_per_pair():
     presets, names = config_groups()["preset"], experiments()
     per_preset = {p.stem for p in SCALE.glob("*.yaml")}
     assert per_preset == {"cpu", "gpu"}, per_preset
+    # The headline claims' scale (issue 24) is written once per preset, in
+    # conf/scale/<preset>/headline.yaml, and each of those claims' pair file only names it.
+    headline = {p.parent.name: p for p in SCALE.glob(f"*/{HEADLINE}.yaml")}
+    assert set(headline) == {"cpu", "gpu"}
     for name in names:  # each claim's sweep takes its preset's scale file
         defaults = yaml.safe_load((CONFIG_DIR / "experiment" / f"{name}.yaml").read_text())
         assert {"override /scale": "${preset}"} in defaults["defaults"], name
     # Per pair, a file only where the preset changes that claim's own fixed settings,
     # and each such file changes something: most pairs have none.
-    pairs = pair_files()
+    pairs = [p for p in pair_files() if p.stem != HEADLINE and not names_headline(p)]
     assert len(pairs) < len(names), [str(p.relative_to(SCALE)) for p in pairs]
     for path in pairs:
         preset, name = path.parent.name, path.stem
@@ -156,11 +178,11 @@ def test_a_preset_scales_claims_with_one_file_not_one_per_pair():
 
 
 @pytest.mark.parametrize(
-    ("one", "other"), [("convergence", "lr"), ("deep_no_norm", "depth"), ("norms", "batch")]
+    ("one", "other"), [("convergence", "lr"), ("norms", "batch")]
 )
 def test_claims_that_share_runs_share_their_grid_at_every_preset(one, other):
     for preset in COUNTS:
-        assert experiment_grid(one, preset) == experiment_grid(other, preset), preset
+        assert experiment_grids(one, preset) == experiment_grids(other, preset), preset
 
 
 # ----------------------------------------------------------------------------- the runs

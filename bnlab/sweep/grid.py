@@ -29,6 +29,7 @@ from bnlab.sweep.compose_grid import GridComposer
 ALL = "all"
 GRID_DIR = "grid"  # conf/grid/<experiment>.yaml: a claim's grid
 SHARED = "_shared"  # conf/grid/_shared.yaml: values the grids share
+SUITES = "_suites"  # conf/grid/_suites.yaml: what experiment=all sweeps at a preset
 SEED_KEY = "train.seed"  # every claim's grid ends with it (the shared `seeds`)
 # experiment_name names the sweep's folder, <paths.runs>/.sweeps/<name>-<stamp>: one
 # path component, well under the file systems' 255 bytes with the stamp added.
@@ -80,9 +81,24 @@ def split_experiment_all(overrides: Sequence[str]) -> list[list[str]]:
     value = chosen[-1].partition("=")[2]
     if value != ALL and "," not in value:
         return [list(overrides)]
-    names = experiments() if value == ALL else [v.strip() for v in value.split(",")]
+    names = suite(overrides) if value == ALL else [v.strip() for v in value.split(",")]
     rest = [o for o in overrides if not o.startswith("experiment=")]
     return [[f"experiment={name}", *rest] for name in names]
+
+
+def suite(overrides: Sequence[str]) -> list[str]:
+    """The claims `experiment=all` sweeps at the command line's preset, in order:
+    conf/grid/_suites.yaml's list for it, else every experiment file."""
+    presets = [o.partition("=")[2] for o in overrides if o.startswith("preset=")]
+    path = CONFIG_DIR / GRID_DIR / f"{SUITES}.yaml"
+    listed = OmegaConf.load(path) if path.is_file() else {}
+    if not presets or presets[-1] not in listed:
+        return experiments()
+    names = [n.strip() for n in str(listed[presets[-1]]).split(",")]
+    unknown = sorted(set(names) - set(experiments()))
+    if unknown:
+        raise BnlabError(f"{path}: {presets[-1]} names no experiment file {unknown}")
+    return names
 
 
 def expand(overrides: Sequence[str]) -> Sweep:
