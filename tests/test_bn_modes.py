@@ -1,5 +1,5 @@
 """probe.bn_modes (bnlab.train.bn_modes) and the grouped batch-statistics pass it shares
-with probe.bn_stats and bn_eval: each of the four evaluations against a hand computation
+with probe.bn_stats and bn_eval: each of the five evaluations against a hand computation
 on a tiny model, the model and RNG left alone, and the numbers in a real run's summary."""
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from bnlab.errors import BnlabError
 from bnlab.models.norms import GhostBatchNorm2d
 from bnlab.recipe import train_spec
 from bnlab.store import run_id
-from bnlab.train.bn_modes import PRECISE_BATCHES, SHUFFLES, bn_modes, precise_statistics
+from bnlab.train.bn_modes import (
+    PRECISE_BATCHES,
+    SHUFFLES,
+    bn_modes,
+    precise_statistics,
+    running_pass,
+)
 from bnlab.train.probes import batch_stats_accuracy, grouped_pass, statistics_size
 from bnlab.train.runtime import Runtime, resolve_runtime
 from bnlab.train.spec import TrainSpec
@@ -65,11 +71,14 @@ def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool = False)
     return DeviceLoader(x, y, batch, train=True, augment=augment, mean=MEAN, std=STD, seed=0)
 
 
-def _separately(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Any]:
-    """The hand computation: one fresh copy per batch, plain train-mode forward."""
+def _separately(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], train: bool = True
+) -> list[Any]:
+    """The hand computation: one fresh copy per batch, plain train-mode forward (or
+    eval-mode: BN with its running averages)."""
     out = []
     for x, y in batches:
-        probe = copy.deepcopy(model).train()
+        probe = copy.deepcopy(model).train(train)
         with torch.no_grad():
             logits = probe(x)
         out.append((F.cross_entropy(logits, y, reduction="sum").item(),
@@ -176,7 +185,7 @@ def _setup(ghost: int | None, batch: int) -> tuple[nn.Module, Dataset, TrainSpec
 
 
 @pytest.mark.parametrize(("ghost", "batch", "g"), [(None, 8, 8), (2, 8, 2), (4, 16, 4)])
-def test_bn_modes_four_numbers_against_hand_computations(ghost, batch, g):
+def test_bn_modes_five_numbers_against_hand_computations(ghost, batch, g):
     model, data, spec = _setup(ghost, batch)
     rt = spec.runtime
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -195,6 +204,10 @@ def test_bn_modes_four_numbers_against_hand_computations(ghost, batch, g):
     assert got["train_images"] == 48
     assert got["train_mode_loss"] == pytest.approx(sum(v for v, _ in hand) / 48, rel=1e-5)
     assert got["train_mode_acc"] == sum(c for _, c in hand) / 48
+    # (e): the same 48 images in eval mode, BN with the model's running averages.
+    hand = _separately(model, groups, train=False)
+    assert got["train_running_loss"] == pytest.approx(sum(v for v, _ in hand) / 48, rel=1e-5)
+    assert got["train_running_acc"] == sum(c for _, c in hand) / 48
     # (c): each shuffle's accuracy of the test set in groups of g, by hand.
     test = DeviceLoader(data.test_x, data.test_y, g, train=True, augment=False,
                         mean=MEAN, std=STD, seed=0)  # fmt: skip
@@ -214,6 +227,45 @@ def test_bn_modes_four_numbers_against_hand_computations(ghost, batch, g):
     with torch.no_grad():
         expect = float((precise(tx).argmax(1) == ty).float().mean())
     assert got["precise_acc"] == pytest.approx(expect)
+
+
+def test_bn_modes_train_set_measures_differ_only_in_the_statistics():
+    # (d) and (e) see the same images; with running averages far from any group's
+    # statistics they disagree, with running averages the whole set's they nearly agree.
+    model, data, spec = _setup(None, 48)  # one group: the whole training set
+    far = bn_modes(model, data, spec, running_acc=0.5, batches=2, shuffles=1)
+    assert far["train_images"] == 48
+    matched = copy.deepcopy(model)
+    for m in matched.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 1.0  # the running averages become the last batch's statistics
+    (whole,) = list(DeviceLoader(data.train_x, data.train_y, 48, train=True, augment=False,
+                                 mean=MEAN, std=STD, seed=0).epoch(0))  # fmt: skip
+    with torch.no_grad():
+        matched.train()(whole[0])
+    matched.eval()
+    near = bn_modes(matched, data, spec, running_acc=0.5, batches=2, shuffles=1)
+    # Only the running variance's unbiasing (768 values per channel) separates them.
+    gap = {k: abs(v["train_running_loss"] - v["train_mode_loss"]) for k, v in
+           (("far", far), ("near", near))}  # fmt: skip
+    assert gap["near"] < 2e-4 * near["train_mode_loss"] and gap["near"] < gap["far"] / 10
+    assert near["train_running_acc"] == near["train_mode_acc"]
+    assert far["train_running_acc"] != far["train_mode_acc"]
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 100])
+def test_running_pass_is_one_eval_forward_whatever_the_chunks(chunk):
+    model = _tiny(2)
+    x, y = _images(40)
+    groups = list(_loader(x, y, 2).epoch(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, correct, n = running_pass(copy.deepcopy(model), groups, chunk, _rt())
+    ((ex, ey),) = [(torch.cat([g[0] for g in groups]), torch.cat([g[1] for g in groups]))]
+    with torch.no_grad():
+        logits = copy.deepcopy(model).eval()(ex)
+    assert n == 40 and correct == int((logits.argmax(1) == ey).sum())
+    assert loss == pytest.approx(F.cross_entropy(logits, ey, reduction="sum").item(), rel=1e-5)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_bn_modes_runs_for_norms_with_batch_statistics_only():
@@ -244,10 +296,10 @@ def test_bn_modes_land_in_a_real_runs_summary(tmp_path: Path):
     assert modes["g"] == 4
     assert (modes["precise_batches"], modes["shuffles"]) == (PRECISE_BATCHES, SHUFFLES)
     assert modes["running_acc"] == summary["test_acc"]
-    for key in ("precise_acc", "batch_stats_acc", "train_mode_acc"):
+    for key in ("precise_acc", "batch_stats_acc", "train_mode_acc", "train_running_acc"):
         assert 0.0 <= modes[key] <= 1.0, key
     assert len(modes["batch_stats_acc_shuffles"]) == SHUFFLES
-    assert modes["train_mode_loss"] > 0
+    assert modes["train_mode_loss"] > 0 and modes["train_running_loss"] > 0
     assert modes["test_images_per_shuffle"] == 500 and modes["train_images"] == 512
 
 

@@ -117,7 +117,7 @@ def test_no_module_imports_another_modules_private_names():
 
 def test_verdict_table_follows_registry_order():
     empty = RunTables(runs=pd.DataFrame(), epochs=pd.DataFrame())
-    assert list(SECTIONS)[:3] == ["lr", "depth", "convergence"]
+    assert list(SECTIONS)[:3] == ["lr", "depth", "batch"]
     assert callable(SECTIONS["lr"]) and empty.warnings == []
 
 

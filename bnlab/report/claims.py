@@ -47,6 +47,7 @@ from bnlab.report.core import (
     no_data,
     overall,
     section,
+    superseded,
 )
 from bnlab.report.intervals import (
     MIN_SEEDS,
@@ -110,10 +111,8 @@ RULE_VALUES["decision"] = DECISION
 # ----------------------------------------------------------------------------- lr
 
 
-@section(
+@superseded(
     "lr",
-    "Learning rate",
-    "BN allows higher learning rates.",
     Rule(
         """
         Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, any optim.lr;
@@ -132,7 +131,6 @@ RULE_VALUES["decision"] = DECISION
         RULE_VALUES,
         version=3,
     ),
-    figures=("lr_accuracy",),
 )
 def lr_claim(tables: RunTables) -> Finding:
     sel, setting, notes = select_arms(tables.runs, [K.optim.lr], (BN, *NO_BN_ARMS))
@@ -225,10 +223,8 @@ def _per_point(
 # ----------------------------------------------------------------------------- depth
 
 
-@section(
+@superseded(
     "depth",
-    "Depth",
-    "BN makes deep networks trainable.",
     Rule(
         """
         Runs: ResNets of any depth, residual and plain, init scale 1, augmentation, batch
@@ -245,7 +241,6 @@ def _per_point(
         RULE_VALUES,
         version=2,
     ),
-    figures=("depth_accuracy",),
 )
 def depth_claim(tables: RunTables) -> Finding:
     sel, setting, notes = select_arms(
@@ -308,10 +303,8 @@ def depth_claim(tables: RunTables) -> Finding:
 # ----------------------------------------------------------------------------- convergence
 
 
-@section(
+@superseded(
     "convergence",
-    "Convergence speed",
-    "BN speeds up convergence.",
     Rule(
         """
         Runs: ResNet-20, residual, init scale 1, augmentation, batch 128, with per-epoch
@@ -327,7 +320,6 @@ def depth_claim(tables: RunTables) -> Finding:
         RULE_VALUES,
         version=3,
     ),
-    figures=("training_curves",),
 )
 def convergence_claim(tables: RunTables) -> Finding:
     sel, setting, notes = select_arms(tables.runs, [K.optim.lr], (BN, *NO_BN_ARMS))
@@ -546,10 +538,8 @@ def _gap_at(runs: pd.DataFrame, curves: pd.DataFrame, level: float) -> pd.DataFr
 # ----------------------------------------------------------------------------- batch
 
 
-@section(
+@superseded(
     "batch",
-    "Batch size",
-    "BN degrades at small batch sizes; GroupNorm and LayerNorm do not.",
     Rule(
         """
         Decided on the statistics batch alone: runs of ResNet-20, residual, init scale 1,
@@ -569,7 +559,6 @@ def _gap_at(runs: pd.DataFrame, curves: pd.DataFrame, level: float) -> pd.DataFr
         RULE_VALUES,
         version=3,
     ),
-    figures=("batch_accuracy",),
 )
 def batch_claim(tables: RunTables) -> Finding:
     sel, setting, notes = statistics_batch_runs(tables.runs)

@@ -6,6 +6,8 @@
   gradient changes (predictiveness) and beta-smoothness over training steps
   (Santurkar et al. 2018, Fig. 4).
 - alternatives_accuracy, deep_no_norm_accuracy: accuracy per arm.
+- batch_why_modes: the bn_modes evaluations per statistics batch, the seeds that
+  failed to train counted below the axis.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from bnlab.report.figure_kit import (
     y_top,
 )
 from bnlab.report.intervals import MIN_SEEDS
-from bnlab.report.keys import EPOCH, LAYER, METRIC, RUN_ID, STEP, TRAIN_ACC, VALUE, K
+from bnlab.report.keys import DIVERGED, EPOCH, LAYER, METRIC, RUN_ID, STEP, TRAIN_ACC, VALUE, K
+from bnlab.report.points import STUCK
 
 THREE_PANELS = (16.0, 4.8)
 
@@ -151,9 +154,40 @@ def deep_no_norm_accuracy(result: ClaimResult) -> Figure:
 
 @figure("batch_why_modes")
 def batch_why_modes(result: ClaimResult) -> Figure:
-    what = "four evaluations of BN models vs their statistics batch"
+    what = "five evaluations vs the statistics batch g\n(each arm at its own lr)"
     xlabel = "statistics batch g of the model (log2 scale)"
-    return accuracy_vs(result, "stat_batch", xlabel, 2, by="mode", what=what)
+    fig = accuracy_vs(result, "stat_batch", xlabel, 2, by="mode", what=what)
+    ax = fig.axes[0]
+    # Not accuracy_vs's label: these are test and training accuracies, and a run that
+    # failed to train is left out of them (counted below the axis), never chance.
+    ax.set_ylabel(
+        "accuracy (%), mean over the seeds that trained,\n95% interval; hollow: < 3 seeds"
+    )
+    _failed_strip(ax, result.data.get("outcomes"))
+    return fig
+
+
+def _failed_strip(ax: Axes, outcomes: pd.DataFrame | None) -> None:
+    """The seeds whose run diverged or got stuck, counted in a strip below the accuracy
+    axis at their g: they have no evaluations, and are no point at chance."""
+    if outcomes is None:
+        return
+    failed = outcomes[(outcomes[DIVERGED] + outcomes[STUCK]) > 0]
+    if failed.empty:
+        return
+    strip = {"textcoords": "offset points", "va": "top", "fontsize": 7, "color": "#D55E00"}
+    ax.annotate("failed to train:", xy=(0.0, 0.0), xycoords="axes fraction", xytext=(-6, -30),
+                ha="right", annotation_clip=False, **strip)  # fmt: skip
+    for _, row in failed.iterrows():
+        ax.annotate(
+            f"diverged {int(row[DIVERGED])}\nstuck {int(row[STUCK])}",
+            xy=(row["stat_batch"], 0.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -30),
+            ha="center",
+            annotation_clip=False,
+            **strip,
+        )
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -10,16 +10,18 @@ Registered like the claims (bnlab.report.core), decided with the same interval r
 - alternatives: GroupNorm and LayerNorm against BN with small-batch statistics
 - batch_why:    why BN degrades at small batch: the train/test mismatch of its
                 statistics, or noisier training (Singh & Shrivastava 2019's EvalNorm
-                question, answered with precise BN)
+                question, answered with precise BN); ghost BN against BN at the same
+                batch, seeds paired, the mismatch measured on the training set
 - deep_no_norm: Fixup / SkipInit vs the He-init net without normalisation, deep
 
-ics and landscape read the training probes (probes.csv); batch_why the four
+ics and landscape read the training probes (probes.csv); batch_why the five
 evaluations in summary.json (`bn_modes`); the others final accuracies.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,21 +38,52 @@ from bnlab.report.arms import (
     select_arms,
     statistics_batch_runs,
 )
-from bnlab.report.cells import ci_cells, ci_table, pct, sig3_cell, sig4
+from bnlab.report.cells import ci_cells, ci_table, pct, pct_ci, pp_ci, sig3_cell, sig4
 from bnlab.report.claims import RULE_VALUES
-from bnlab.report.core import Finding, Rule, Verdict, compared, no_data, section
+from bnlab.report.core import (
+    SUPPORTED,
+    Finding,
+    Rule,
+    Verdict,
+    compared,
+    headline,
+    no_data,
+    section,
+    superseded,
+)
 from bnlab.report.intervals import (
     Effect,
+    Estimate,
     difference,
     estimate,
+    judge,
     point_table,
     verdict_row,
 )
-from bnlab.report.keys import BN_MODES, METRIC, PROBE, RUN_ID, STEP, TRAIN_ACC, VALUE, K
+from bnlab.report.keys import (
+    BN_MODES,
+    DIVERGED,
+    METRIC,
+    PROBE,
+    RUN_ID,
+    STEP,
+    TRAIN_ACC,
+    VALUE,
+    K,
+)
 from bnlab.report.load import RunTables
-from bnlab.report.points import CHANCE_ACC, flag, pivot
+from bnlab.report.points import (
+    CHANCE_ACC,
+    STUCK,
+    STUCK_BELOW,
+    TRAINED,
+    flag,
+    outcome,
+    pivot,
+    with_acc,
+)
 from bnlab.report.probe_maths import ics_by_run, shift_by_run, shift_rows
-from bnlab.report.select import STANDARD
+from bnlab.report.select import STANDARD, Setting, arm_labels, recipe_without, select
 
 # ----------------------------------------------------------------------------- constants
 
@@ -410,13 +443,8 @@ MODES = {  # summary.json bn_modes key -> the evaluation's name in the report
 }
 
 
-@section(
+@superseded(
     "batch_why",
-    "Why BN degrades at small batch",
-    (
-        "Part of BN's loss with small-batch statistics is the train/test mismatch of its "
-        "statistics (re-estimating them recovers it), and part is noisier training."
-    ),
     Rule(
         """
         Runs: the BN models of the statistics-batch experiment (bn and ghost_bn at
@@ -433,9 +461,8 @@ MODES = {  # summary.json bn_modes key -> the evaluation's name in the report
         VALUES,
         version=1,
     ),
-    figures=("batch_why_modes",),
 )
-def batch_why_section(tables: RunTables) -> Finding:
+def batch_why_section_v1(tables: RunTables) -> Finding:
     runs = tables.runs
     cols = [BN_MODES + k for k in MODES]
     if not set(cols) <= set(runs.columns):
@@ -482,6 +509,333 @@ def batch_why_section(tables: RunTables) -> Finding:
         notes.append("needs the 128-sample model and a smaller g for the training-noise part")
     evidence = ci_table(pts, ["mode"], "stat_batch", "g={:g} acc %")
     return compared(rows, numbers, evidence, setting, notes, {"points": pts})
+
+
+# The current rule (version 2, issue 24): the ghost-BN decomposition, seeds paired, its
+# train-set measure in eval conditions.
+
+GHOST = "ghost_bn"
+TRAIN_RUNNING = "train_running_acc"  # (e): probe.bn_modes records it since this rule's v2
+MODES_V2 = {**MODES, TRAIN_RUNNING: "(e) running averages, training set"}
+PREDATES = f"runs predate the eval-conditions probe ({TRAIN_RUNNING})"
+# The accuracy gap and its parts: slug -> (name, signed bn_modes fields). A part's value
+# for one seed is the signed sum for ghost_bn/g minus the same sum for bn. gap = noise +
+# mismatch + rest, exactly; precise is a second view of the test-time statistics.
+PARTS: dict[str, tuple[str, dict[str, int]]] = {
+    "gap": ("accuracy gap", {"running_acc": -1}),
+    "noise": ("training noise", {"train_mode_acc": -1}),
+    "mismatch": ("statistics mismatch, training set", {"train_mode_acc": 1, TRAIN_RUNNING: -1}),
+    "rest": ("rest: train/test gap in eval mode", {TRAIN_RUNNING: 1, "running_acc": -1}),
+    "precise": ("recovered by precise statistics", {"precise_acc": 1, "running_acc": -1}),
+}
+DECIDED = ("mismatch", "precise", "noise")  # the parts judged, in row order
+WHY_VALUES = {**VALUES, "stuck": f"{100 * STUCK_BELOW:g}%"}
+
+
+@dataclass(frozen=True)
+class ArmAtLr:
+    """One arm (bn, or ghost_bn/g) at its own lr: each seed at the lr the others chose."""
+
+    arm: str
+    g: int  # the samples its BN statistics cover in training
+    runs: pd.DataFrame  # one row per seed (indexed by seed): its run at the chosen lr
+    grid: tuple[float, ...]  # the lrs tried
+    best_lr: float  # the highest mean accuracy over all seeds (the fixed lr when `fixed`)
+    fixed: bool = False  # measured at one lr for every arm (v2): no ladder edge applies
+
+    @property
+    def edge(self) -> str:
+        """Where the best lr sits when a wider ladder could beat it ("" inside it)."""
+        if self.fixed:
+            return ""
+        if len(self.grid) < 2:
+            return f"its only lr ({self.best_lr:g})"
+        if math.isclose(self.best_lr, self.grid[0]):
+            return f"at the bottom of its ladder ({self.best_lr:g})"
+        if math.isclose(self.best_lr, self.grid[-1]):
+            return f"at the top of its ladder ({self.best_lr:g})"
+        return ""
+
+    @property
+    def outcomes(self) -> pd.Series:
+        return outcome(self.runs)
+
+
+def _why_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, Setting | None, list[str]]:
+    """BN and Ghost BN runs of the standard recipe, every lr, one setting, at the
+    reference batch (the largest), with `acc`, `arm` and `g`. A run counts when it has
+    the bn_modes evaluations, or when it failed to train (diverged or stuck: its lr is
+    still a rung of the ladder) -- so a twin without probe.bn_modes never stands in for
+    the one with it."""
+    cols = [BN_MODES + k for k in MODES]
+    if not set(cols) <= set(runs.columns):
+        return runs.iloc[:0], None, []
+    measured = runs[cols].notna().all(axis=1)
+    extra = runs[K.norm.kind].isin([BN, GHOST]) & (measured | outcome(runs).ne(TRAINED))
+    fixed = recipe_without(K.data.batch_size, K.optim.lr)
+    sel, setting, notes = select(runs, fixed, None, extra)
+    if sel.empty:
+        return sel, setting, notes
+    batch = sel[K.data.batch_size].astype(float)
+    reference = batch.max()
+    nan = pd.Series(np.nan, index=sel.index)
+    g = batch.where(sel[K.norm.kind].eq(BN), sel.get(K.norm.virtual_batch, nan).astype(float))
+    other = ~np.isclose(batch, reference)
+    if other.any():
+        notes.append(
+            f"left out {int(other.sum())} run(s) at a batch other than the reference batch "
+            f"{reference:g} (the small-batch claim's)"
+        )
+    not_ghost = ~other & sel[K.norm.kind].eq(GHOST) & (g >= reference)
+    if not_ghost.any():
+        notes.append(
+            f"left out {int(not_ghost.sum())} ghost_bn run(s) whose virtual batch is not "
+            f"below the batch {reference:g}: their statistics are BN's"
+        )
+    sel = with_acc(sel[~other & ~not_ghost])
+    return sel.assign(arm=arm_labels(sel), g=g[sel.index].astype(int)), setting, notes
+
+
+def shared_lr(sel: pd.DataFrame) -> float | None:
+    """The one lr every arm is measured at: among the lrs every arm was run at, BN's
+    best mean `acc` (ties to the smaller lr; None when no lr is shared or no BN arm)."""
+    lr = K.optim.lr
+    common = set.intersection(*(set(p[lr]) for _, p in sel.groupby("arm")))
+    bn = sel[sel["arm"].eq(BN) & sel[lr].isin(common)]
+    if bn.empty:
+        return None
+    return float(bn.groupby(lr)["acc"].mean().idxmax())
+
+
+def at_lr(part: pd.DataFrame, arm: str, lr: float) -> ArmAtLr:
+    """`part` (one arm's runs) at the fixed `lr`: one run per seed."""
+    at = part[np.isclose(part[K.optim.lr].astype(float), lr)]
+    runs = at.groupby(K.train.seed, sort=True).head(1)
+    return ArmAtLr(
+        arm=arm,
+        g=int(part["g"].iloc[0]),
+        runs=runs.set_index(K.train.seed, drop=False),
+        grid=tuple(sorted(float(v) for v in part[K.optim.lr].unique())),
+        best_lr=lr,
+        fixed=True,
+    )
+
+
+def _pairs(bn: ArmAtLr, ghost: ArmAtLr) -> list[Any]:
+    """The seeds both arms trained at (neither run diverged nor stuck)."""
+    common = sorted(set(bn.runs.index) & set(ghost.runs.index))
+    return [s for s in common if bn.outcomes[s] == TRAINED and ghost.outcomes[s] == TRAINED]
+
+
+def _signed(arm: ArmAtLr, seeds: list[Any], terms: dict[str, int]) -> pd.Series:
+    """Per seed (the index), the signed sum of `terms`' bn_modes fields of the arm's run."""
+    rows = arm.runs.loc[seeds]
+    out = pd.Series(0.0, index=rows.index)
+    for mode, sign in terms.items():
+        out = out + sign * rows[BN_MODES + mode].astype(float)
+    return out
+
+
+def _measured(arms: tuple[ArmAtLr, ...], seeds: list[Any], terms: dict[str, int]) -> bool:
+    """Every field of `terms` recorded for every paired run (older runs lack (e))."""
+    for arm in arms:
+        rows = arm.runs.loc[seeds]
+        if not all(BN_MODES + k in rows and rows[BN_MODES + k].notna().all() for k in terms):
+            return False
+    return True
+
+
+def _paired(bn: ArmAtLr, ghost: ArmAtLr, seeds: list[Any], terms: dict[str, int]) -> Estimate:
+    """The per-seed differences ghost - bn of a part (fractions), as an Estimate."""
+    return estimate(_signed(ghost, seeds, terms) - _signed(bn, seeds, terms))
+
+
+def _paired_effect(e: Estimate) -> Effect:
+    """The per-seed differences' t-interval as an effect in pp (both arms' seeds: the pairs)."""
+    return in_pp(Effect(e.mean, e.low, e.high, (e.n, e.n)))
+
+
+def _blocked(bn: ArmAtLr, ghost: ArmAtLr, gap: Estimate) -> str:
+    """Why a ghost arm's measured parts cannot decide ("" when they can)."""
+    common = sorted(set(bn.runs.index) & set(ghost.runs.index))
+    for arm in (bn, ghost):
+        failed = arm.outcomes[common].value_counts()
+        if failed.drop(TRAINED, errors="ignore").sum():
+            counts = ", ".join(f"{failed.get(k, 0)} {k}" for k in (DIVERGED, STUCK))
+            return f"{arm.arm} at its lr: {counts} of {len(common)} seeds (failed to train)"
+    for arm in (bn, ghost):
+        if arm.edge:
+            return f"{arm.arm}'s best lr is {arm.edge}: extend it"
+    effect = _paired_effect(gap)
+    if not effect.exploratory and judge(effect, WHY_MIN_PP)[0] != SUPPORTED:
+        return (
+            f"no accuracy gap to decompose: bn - ghost g={ghost.g} is "
+            f"{effect.value:+.2f} [{effect.low:+.2f}, {effect.high:+.2f}] pp"
+        )
+    return ""
+
+
+def _ghost_rows(bn: ArmAtLr, ghost: ArmAtLr) -> tuple[list[Verdict], dict[str, Any]]:
+    """The decided parts of one ghost arm against bn, and every part as a number."""
+    seeds = _pairs(bn, ghost)
+    names = {slug: f"ghost g={ghost.g}: {name}" for slug, (name, _) in PARTS.items()}
+    if not seeds:
+        why = f"needs bn and {ghost.arm} trained at the same seeds"
+        return [verdict_row(names[s], None, WHY_MIN_PP, "pp", why) for s in DECIDED], {}
+    estimates = {
+        slug: _paired(bn, ghost, seeds, terms)
+        for slug, (_, terms) in PARTS.items()
+        if _measured((bn, ghost), seeds, terms)
+    }
+    numbers = {f"g{ghost.g}_{slug}_pp": pp_ci(e) for slug, e in estimates.items()}
+    why = _blocked(bn, ghost, estimates["gap"])
+    rows = [
+        verdict_row(names[slug], _paired_effect(estimates[slug]), WHY_MIN_PP, "pp", why)
+        if slug in estimates
+        else verdict_row(names[slug], None, WHY_MIN_PP, "pp", PREDATES)
+        for slug in DECIDED
+    ]
+    return rows, numbers
+
+
+def _mode_cell(arm: ArmAtLr, mode: str) -> str:
+    """An evaluation's mean over the seeds that trained, "–" where none recorded it."""
+    rows = arm.runs[arm.outcomes.eq(TRAINED)]
+    e = estimate(rows.get(BN_MODES + mode, pd.Series(dtype=float)).astype(float))
+    return pct_ci(e) if e.n else "–"
+
+
+def _why_evidence(arms: list[ArmAtLr]) -> pd.DataFrame:
+    """One row per arm: its lrs, the lr each seed was measured at, what became of those
+    runs, and the five evaluations (mean over the seeds that trained, 95% interval)."""
+    rows = []
+    for arm in arms:
+        counts = arm.outcomes.value_counts()
+        rows.append(
+            {
+                "arm": arm.arm,
+                "g": arm.g,
+                "lrs tried": ", ".join(f"{v:g}" for v in arm.grid),
+                "best lr": f"{arm.best_lr:g}" + (" (edge)" if arm.edge else ""),
+                "lr per seed": ", ".join(f"{v:g}" for v in arm.runs[K.optim.lr]),
+                "trained / diverged / stuck": " / ".join(
+                    str(int(counts.get(k, 0))) for k in (TRAINED, DIVERGED, STUCK)
+                ),
+                **{f"{name} %": _mode_cell(arm, mode) for mode, name in MODES_V2.items()},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _why_points(arms: list[ArmAtLr]) -> pd.DataFrame:
+    """Per evaluation and statistics batch g: the mean over the seeds that trained."""
+    parts = [arm.runs[arm.outcomes.eq(TRAINED)].assign(stat_batch=float(arm.g)) for arm in arms]
+    runs = pd.concat(parts)
+    cols = [BN_MODES + k for k in MODES_V2 if BN_MODES + k in runs]
+    long = runs.melt(id_vars=["stat_batch"], value_vars=cols, var_name="mode", value_name="value")
+    long["mode"] = long["mode"].str.removeprefix(BN_MODES).map(MODES_V2)
+    return point_table(long.dropna(subset=["value"]), ["mode", "stat_batch"], "value")
+
+
+def _why_outcomes(arms: list[ArmAtLr]) -> pd.DataFrame:
+    """Per arm: its statistics batch and how many of its measured seeds failed to train."""
+    return pd.DataFrame(
+        [
+            {
+                "stat_batch": float(a.g),
+                DIVERGED: int(a.outcomes.eq(DIVERGED).sum()),
+                STUCK: int(a.outcomes.eq(STUCK).sum()),
+            }
+            for a in arms
+        ],
+        columns=["stat_batch", DIVERGED, STUCK],
+    )
+
+
+BATCH_WHY_RULE = Rule(
+    """
+    Version 2: the train-set measure in eval conditions; seeds paired. Runs: ResNets of
+    the standard recipe (depth 20, residual, He init, init scale 1, augmentation) with
+    norm bn or ghost_bn, every lr, one setting (dataset, preset, epochs, training
+    images), at the reference batch B: the largest batch among them (runs at other
+    batches are the small-batch claim's). Arms: bn (statistics over the B samples of a
+    batch) and, for each virtual batch g below B, ghost_bn/g (the same optimisation
+    batch B, statistics over groups of g: ghost BN). A fixed setting, not each arm at
+    its own best lr: the decomposition asks what the statistics alone cost at one
+    optimisation, so every arm is measured at one lr, BN's -- among the lrs every arm
+    was run at, the one with BN's highest mean final test accuracy (a diverged run
+    counting as chance, {chance}; ties to the smaller lr; in the suite, BN's tuned base
+    lr, the only lr the Ghost BN arms run at) -- each seed's run there giving its
+    values. A run
+    either trained, diverged (its status) or stuck (finished below {stuck} final test
+    accuracy); a seed whose run failed to train in either arm is left out of the pairs
+    and blocks the comparisons. A run that trained counts only with the evaluations of
+    probe.bn_modes (one that diverged or got stuck counts on its arm's lr ladder without
+    them), taken after training on copies of the model: (a) test accuracy with the
+    running averages; (b) test accuracy with precise statistics (re-estimated over 100
+    training batches of g, weights frozen); (c) test groups of g normalised by their own
+    statistics; and on the training set without augmentation, the same images for both:
+    (d) train mode, each group of g normalised by its own statistics, and (e) eval mode
+    with the running averages. Seeds are paired: every quantity below is a difference
+    between ghost_bn/g and bn taken seed by seed (the two runs of one seed), and its 95%
+    interval the Student t interval of those per-seed differences. The accuracy gap,
+    bn's (a) minus ghost_bn/g's, is exactly the sum of three parts: the training noise,
+    bn's (d) minus ghost_bn/g's; the statistics mismatch on the training set, (d) - (e)
+    of ghost_bn/g minus (d) - (e) of bn, so images, weights and augmentation are the
+    same and only the statistics differ (g-sample batch statistics vs running averages);
+    and the rest, the train/test gap in eval mode, (e) - (a) of ghost_bn/g minus bn's.
+    Three comparisons per ghost arm, each in pp, minimum {why_min}: the statistics
+    mismatch; the recovery by precise statistics at test, (b) - (a) of ghost_bn/g minus
+    bn's; and the training noise. Each is SUPPORTED when its interval lies above zero
+    and the effect reaches the minimum, NOT SUPPORTED when the whole interval lies below
+    the minimum, else INCONCLUSIVE; fewer than {seeds} pairs is exploratory and never
+    decides. A ghost arm whose accuracy gap is not SUPPORTED by the same rule has
+    nothing to decompose: its parts are shown, not decided. Runs without (e) (they
+    predate it) leave the statistics mismatch not measured. The gap and all its parts
+    are shown per ghost arm. Headline: the measured, unblocked comparisons must agree --
+    SUPPORTED or NOT SUPPORTED when every one says so, MIXED when they disagree (a
+    measured but undecided comparison counts as disagreeing), INCONCLUSIVE when none is
+    decided.
+    """,
+    WHY_VALUES,
+    version=2,
+)
+
+
+@section(
+    "batch_why",
+    "Why BN degrades at small batch",
+    (
+        "Part of BN's loss with small-batch statistics is the train/test mismatch of its "
+        "statistics (re-estimating them recovers it), and part is noisier training."
+    ),
+    BATCH_WHY_RULE,
+    figures=("batch_why_modes",),
+)
+def batch_why_section(tables: RunTables) -> Finding:
+    sel, setting, notes = _why_runs(tables.runs)
+    if sel.empty:
+        return no_data(notes + ["no BN or Ghost BN run has the bn_modes evaluations"])
+    lr = shared_lr(sel)
+    if lr is None:
+        return no_data(notes + ["no lr at which bn and every Ghost BN arm were run"])
+    by_arm = {arm: at_lr(part, arm, lr) for arm, part in sel.groupby("arm", sort=False)}
+    arms = sorted(by_arm.values(), key=lambda a: -a.g)  # bn first, then smaller g
+    reference = int(sel[K.data.batch_size].max())
+    bn, ghosts = by_arm.get(BN), [a for a in arms if a.arm != BN]
+    rows: list[Verdict] = []
+    numbers: dict[str, Any] = {"reference_batch": reference, "lr": lr}
+    if bn is None or not ghosts:
+        why = f"needs bn and ghost_bn (virtual batch below {reference}) at batch {reference}"
+        rows.append(verdict_row("ghost BN vs BN", None, WHY_MIN_PP, "pp", why))
+    for ghost in ghosts if bn is not None else []:
+        found, parts = _ghost_rows(bn, ghost)
+        rows += found
+        numbers |= parts
+    data = {"points": _why_points(arms), "outcomes": _why_outcomes(arms)}
+    evidence = _why_evidence(arms)
+    figures = () if data["points"].empty else None  # nothing trained: nothing to draw
+    return Finding(headline(rows), numbers, evidence, setting, notes, data, figures, rows)
 
 
 # ----------------------------------------------------------------------------- deep_no_norm

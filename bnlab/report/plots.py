@@ -7,10 +7,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bnlab.report.arms import TRAINS_AT
 from bnlab.report.core import ClaimResult, figure
 from bnlab.report.figure_kit import (
-    CI_YLABEL,
     MARKERS,
     ONE_PANEL,
     SERIES_COLOURS,
@@ -20,58 +18,17 @@ from bnlab.report.figure_kit import (
     band,
     bars,
     chance_line,
-    ci_errorbar,
-    depth_axis,
     finish,
     legend,
     log_x,
     new_figure,
     norm_colour,
-    norm_label,
     norms_in,
     y_top,
 )
 from bnlab.report.keys import RUN_ID, TEST_ACC, TRAIN_LOSS, K
 
 # ----------------------------------------------------------------------------- figures
-
-
-@figure("lr_accuracy")
-def lr_accuracy(result: ClaimResult) -> Figure:
-    pts = result.data["points"]
-    fig, ax = new_figure(ONE_PANEL)
-    for i, arm in enumerate(norms_in(pts, "arm")):
-        sub = pts[pts["arm"].eq(arm)]
-        ci_errorbar(ax, sub, K.optim.lr, arm, arm_label(arm))
-        # Diverged seeds: an x on a row of its own at the bottom, annotated k/n.
-        bad = sub[sub["diverged"] > 0]
-        y = 3.0 + 5.0 * i
-        ax.plot(
-            bad[K.optim.lr],
-            [y] * len(bad),
-            "x",
-            color=norm_colour(arm),
-            ms=9,
-            mew=2,
-            label=f"{arm_label(arm)} diverged (k of n seeds)" if len(bad) else None,
-        )
-        for lr, d, n in zip(bad[K.optim.lr], bad["diverged"], bad["n"], strict=True):
-            ax.annotate(
-                f"{int(d)}/{int(n)}",
-                (lr, y),
-                xytext=(7, -3),
-                textcoords="offset points",
-                fontsize=8,
-                color=norm_colour(arm),
-            )
-    log_x(ax, pts[K.optim.lr])
-    chance_line(ax)
-    ax.axhline(100 * TRAINS_AT, color="0.3", ls="--", lw=1, label="trains: 25%")
-    ax.set_xlabel("peak learning rate (log scale)")
-    ax.set_ylabel(CI_YLABEL)
-    ax.set_ylim(0, y_top(pts["high"].fillna(pts["mean"])))
-    legend(ax, loc="best")
-    return finish(fig, result, "accuracy vs learning rate")
 
 
 @figure("training_curves")
@@ -103,57 +60,6 @@ def training_curves(result: ClaimResult) -> Figure:
     lr = result.numbers.get("curve_lr")
     at = f"at lr {lr:g}" if isinstance(lr, int | float) else "each arm at its best lr"
     return finish(fig, result, f"training curves {at}")
-
-
-@figure("depth_accuracy")
-def depth_accuracy(result: ClaimResult) -> Figure:
-    pts = result.data["points"]
-    fig, ax = new_figure(ONE_PANEL)
-    for arm in norms_in(pts, "arm"):
-        for residual, ls, arch in ((True, "-", "residual"), (False, "--", "plain")):
-            sub = pts[pts["arm"].eq(arm) & pts[K.model.residual].eq(residual)]
-            if not sub.empty:
-                ci_errorbar(ax, sub, K.model.depth, arm, f"{arm_label(arm)}, {arch}", ls=ls)
-    depth_axis(ax, pts[K.model.depth])
-    ax.set_xlabel("depth (layers)")
-    ax.set_ylabel(CI_YLABEL)
-    ax.set_ylim(0, y_top(pts["high"].fillna(pts["mean"])))
-    legend(ax, loc="best")
-    return finish(
-        fig, result, "accuracy vs depth (solid residual, dashed plain), each arm at its lr"
-    )
-
-
-@figure("batch_accuracy")
-def batch_accuracy(result: ClaimResult) -> Figure:
-    pts, protocol = result.data["points"], result.data.get("protocol", pd.DataFrame())
-    fig, (stat_ax, wh_ax) = new_figure(TWO_PANELS, ncols=2)
-    ci_errorbar(stat_ax, pts, "stat_batch", "bn", "BN, statistics over g samples")
-    log_x(stat_ax, pts["stat_batch"], 2)
-    chance_line(stat_ax)
-    stat_ax.set_xlabel("statistics batch g (log2 scale); optimisation batch 128, same steps")
-    stat_ax.set_ylabel(CI_YLABEL)
-    stat_ax.set_ylim(0, y_top(pts["high"].fillna(pts["mean"])))
-    legend(stat_ax, loc="lower right")
-    if not protocol.empty:
-        for norm in norms_in(protocol):
-            ci_errorbar(
-                wh_ax,
-                protocol[protocol[K.norm.kind].eq(norm)],
-                K.data.batch_size,
-                norm,
-                norm_label(norm),
-            )
-        log_x(wh_ax, protocol[K.data.batch_size], 2)
-        wh_ax.set_ylim(0, y_top(protocol["high"].fillna(protocol["mean"])))
-        legend(wh_ax, loc="lower right")
-    chance_line(wh_ax)
-    wh_ax.set_xlabel("true batch size b (log2), lr 0.1 b/128, same epochs")
-    wh_ax.set_ylabel(CI_YLABEL)
-    wh_ax.set_title(
-        "Wu & He's protocol: small batches also take more steps (confounded)", fontsize=9
-    )
-    return finish(fig, result, "accuracy vs statistics batch (left), Wu & He's protocol (right)")
 
 
 @figure("init_accuracy")

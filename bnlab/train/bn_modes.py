@@ -1,4 +1,4 @@
-"""Why BN degrades at small batch: one trained BN model evaluated four ways (probe.bn_modes).
+"""Why BN degrades at small batch: one trained BN model evaluated five ways (probe.bn_modes).
 
 With g the number of samples BN's statistics cover in training (data.batch_size
 for norm=bn, norm.virtual_batch for norm=ghost_bn):
@@ -20,8 +20,13 @@ for norm=bn, norm.virtual_batch for norm=ghost_bn):
 (d) ``train_mode_loss``/``train_mode_acc``: one pass over the training set (no
     augmentation, shuffled into groups of g), BN in train mode at g, weights frozen:
     the training objective as the optimiser saw it, at the end of training.
+(e) ``train_running_loss``/``train_running_acc``: the same images as (d), no
+    augmentation, the model in eval mode with its running averages. (d) vs (e) is the
+    statistics mismatch measured on the training set alone: the same images, the same
+    weights, only the statistics differ (g-sample batch statistics vs the running
+    averages), so neither augmentation nor the test set's difference enters it.
 
-All four run on deep copies with the global RNG restored, so the model (weights,
+All five run on deep copies with the global RNG restored, so the model (weights,
 running averages, step counters) and the random stream are left exactly as they
 were. The grouped forward is ``bnlab.train.probes.grouped_pass``: many groups per
 forward, each normalised by its own statistics.
@@ -31,10 +36,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnlab.data import Dataset, DeviceLoader
@@ -81,6 +87,45 @@ def precise_statistics(
     return probe
 
 
+@torch.no_grad()
+def running_pass(
+    probe: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    chunk: int,
+    rt: Runtime,
+) -> tuple[float, int, int]:
+    """(summed cross-entropy, correct, images) of ``probe`` in eval mode -- BN with its
+    running averages, so the grouping does not matter -- over ``batches``, concatenated
+    into forwards of at least ``chunk`` images (the loader's small groups of g would
+    make one launch each). ``probe`` must be a copy: it is put in eval mode."""
+    probe.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in _chunks(batches, chunk):
+        with rt.autocast():
+            logits = probe(x)
+        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == y).sum())
+        n += y.numel()
+    return loss_sum, correct, n
+
+
+def _chunks(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], chunk: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    pending = 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        pending += y.numel()
+        if pending >= chunk:
+            yield torch.cat(xs), torch.cat(ys)
+            xs, ys, pending = [], [], 0
+    if xs:
+        yield torch.cat(xs), torch.cat(ys)
+
+
 def bn_modes(
     model: nn.Module,
     data: Dataset,
@@ -90,7 +135,7 @@ def bn_modes(
     batches: int = PRECISE_BATCHES,
     shuffles: int = SHUFFLES,
 ) -> dict[str, Any]:
-    """The four evaluations (module docstring) for summary.json.
+    """The five evaluations (module docstring) for summary.json.
 
     For a BN or Ghost BN model (BN_MODE_KINDS): ``spec.evals.bn_modes`` says whether
     a run's norm is one. The loaders are built from ``data`` as ``spec`` says
@@ -118,6 +163,10 @@ def bn_modes(
         per_shuffle = [batch_stats_accuracy(model, test_groups, rt, s) for s in range(shuffles)]
         plain = loader(data.train_x, data.train_y, g, False)
         loss_sum, correct, n = grouped_pass(copy.deepcopy(model), plain.epoch(0), g, rt)
+        # (e): epoch(0) again is the same shuffle, so the same images as (d).
+        run_loss, run_correct, _ = running_pass(
+            copy.deepcopy(model), plain.epoch(0), evals.batch_size, rt
+        )
     return {
         "g": g,
         "running_acc": running_acc,
@@ -126,6 +175,8 @@ def bn_modes(
         "batch_stats_acc_shuffles": per_shuffle,
         "train_mode_loss": loss_sum / max(1, n),
         "train_mode_acc": correct / max(1, n),
+        "train_running_loss": run_loss / max(1, n),
+        "train_running_acc": run_correct / max(1, n),
         "precise_batches": batches,
         "shuffles": shuffles,
         "test_images_per_shuffle": test_groups.num_images(),
