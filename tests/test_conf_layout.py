@@ -177,9 +177,7 @@ def test_a_preset_scales_claims_with_one_file_not_one_per_pair():
         assert with_it != without, f"{path} changes nothing"
 
 
-@pytest.mark.parametrize(
-    ("one", "other"), [("convergence", "lr"), ("norms", "batch")]
-)
+@pytest.mark.parametrize(("one", "other"), [("convergence", "lr"), ("norms", "batch")])
 def test_claims_that_share_runs_share_their_grid_at_every_preset(one, other):
     for preset in COUNTS:
         assert experiment_grids(one, preset) == experiment_grids(other, preset), preset
