@@ -279,3 +279,12 @@ def test_the_section_renders_with_its_figures(tmp_path):
     assert "steps to target [95% CI]" in text
     assert set(claim.data["curves"][RUN_ID]) <= set(load_runs(runs).runs[RUN_ID])
     assert claim.data["failed"]["outcome"].tolist() == ["diverged"]
+
+
+def test_the_figure_renders_with_bn_alone(tmp_path):
+    # No no-BN arm: no comparison, no target to mark -- the figure is still drawn (the
+    # committed GPU runs were like this and once raised KeyError: 'target').
+    runs = tmp_path / "runs"
+    grid_runs(runs, "bn", BN_FAST["accs"], speed=BN_FAST["speed"])
+    out = build_report(runs, tmp_path / "report", experiment="convergence")
+    assert "convergence_steps.png" in {p.name for p in out.figures}

@@ -305,3 +305,13 @@ def test_report_renders_the_section_and_its_figure(tmp_path):
     text = result.report_md.read_text()
     assert "## 1. Batch size: " in text and "**Rule (v4).**" in text
     assert "Earlier rule v3" in text
+
+
+def test_runs_at_the_reference_batch_only_are_no_data(tmp_path):
+    # The committed GPU runs: BN at batch 128 only -- no drop to measure, and no
+    # "(128 -> 128)" rows.
+    for lr in (0.05, 0.1, 0.2):
+        arm_runs(tmp_path, "bn", 0.7, **{"optim.lr": lr, "data.batch_size": 128})
+    r = SECTIONS["batch"](load_runs(tmp_path))
+    assert r.verdict == "NO DATA" and not r.comparisons
+    assert any("no run below the reference batch 128" in n for n in r.notes)

@@ -561,8 +561,10 @@ def convergence_steps(result: ClaimResult) -> Figure:
     acc_ax, strip = fig.subplots(2, 1, sharex=True, height_ratios=(5, 1))
     for arm in norms_in(curves):
         steps_band(acc_ax, curves[curves[K.norm.kind].eq(arm)], arm)
-    measured = reach.dropna(subset=["target"]) if not reach.empty else reach
-    for target, part in measured.groupby("target", sort=True):
+    # No comparison measured (e.g. BN alone): no target column, nothing to mark.
+    measured = reach.dropna(subset=["target"]) if "target" in reach else None
+    groups = measured.groupby("target", sort=True) if measured is not None else []
+    for target, part in groups:
         names = ", ".join(dict.fromkeys(part["against"]))
         label = f"target {100 * target:g}% ({names})"
         acc_ax.axhline(100 * target, color="0.3", ls="--", lw=1, label=label)

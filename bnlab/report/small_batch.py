@@ -418,6 +418,9 @@ def small_batch_claim(tables: RunTables) -> Finding:
         return no_data(notes + ["no BN run of the small-batch grid (ResNet-20, residual)"])
     sel = sel.assign(outcome=outcome(sel), batch=sel[K.data.batch_size].astype(int))
     sizes = Batches(int(sel["batch"].max()), int(sel["batch"].min()))
+    if sizes.small == sizes.reference:  # a drop needs a batch below the reference
+        notes.append(f"no run below the reference batch {sizes.reference}: no drop to measure")
+        return no_data(notes)
     by_norm: dict[str, NormRuns] = {}
     for norm in NORMS:
         part = sel[sel["arm"].eq(norm)]
