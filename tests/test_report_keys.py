@@ -20,7 +20,7 @@ from bnlab.store import FINISHED, METRIC_COLUMNS, PROBE_COLUMNS, RunDir
 from tests.conftest import REPO
 
 REPORT = REPO / "bnlab" / "report"
-COMMITTED_RUNS = [REPO / "results" / "cpu" / "runs", REPO / "results" / "gpu" / "runs"]
+COMMITTED_RUNS = sorted((REPO / "results").glob("*/runs"))  # cpu, cpu-earlier, gpu
 
 
 # ----------------------------------------------------------------------------- config keys

@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from bnlab.cli import RESUME_HINT, app
+from bnlab.sweep.grid import suite
 from tests.conftest import BNLAB, REPO, run_bnlab
 
 # experiment=all is every experiment in conf/experiment.
-EXPERIMENT_NAMES = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
 SMOKE = ["preset=smoke", "train.epochs=1"]
 
@@ -266,19 +266,22 @@ def test_slurm_launcher_requeues_through_the_checkpoint():
 
 @pytest.mark.e2e
 def test_the_cpu_grid_covers_every_claim_and_finds_every_committed_run_done():
-    # One dry run of the whole suite (it takes minutes) checks two things. Every
-    # claim's and mechanism's grid is in experiment=all. And run identity stays stable
-    # as the schema grows: every committed run is found done (by its run id) at a grid
-    # point of the CPU suite instead of being trained again, and none is left partial.
+    # One dry run of the CPU suite (it takes minutes) checks two things. The headline
+    # claims' grids are experiment=all at preset=cpu (conf/grid/_suites.yaml), and with
+    # the sequence family (its own command, README) they hold every results/cpu run. And
+    # run identity stays stable as the schema grows: every committed run is found done
+    # (by its run id) at a grid point instead of being trained again, none partial.
     runs = REPO / "results" / "cpu" / "runs"
     committed = {p.name.rsplit("-", 1)[1] for p in runs.iterdir() if (p / "summary.json").exists()}
     assert committed, "results/cpu/runs holds no finished run"
-    proc = run_bnlab("sweep", "experiment=all", "preset=cpu", "--dry-run", f"paths.runs={runs}")
+    names = [*suite(["experiment=all", "preset=cpu"]), "sequence"]
+    listed = f"experiment={','.join(names)}"
+    proc = run_bnlab("sweep", listed, "preset=cpu", "--dry-run", f"paths.runs={runs}")
     assert proc.returncode == 0, proc.stderr
-    for i, name in enumerate(EXPERIMENT_NAMES, start=1):
+    for i, name in enumerate(names, start=1):
         assert f"{name}:" in proc.stdout, name
         # the minutes of composition are not silent
-        assert f"composing experiment={name} ({i}/{len(EXPERIMENT_NAMES)})" in proc.stderr
+        assert f"composing experiment={name} ({i}/{len(names)})" in proc.stderr
     found_done = {
         row.split("│")[-2].strip()
         for row in proc.stdout.splitlines()
