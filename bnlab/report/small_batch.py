@@ -60,6 +60,7 @@ from bnlab.report.intervals import MIN_SEEDS, Effect, Estimate, contrast, estima
 from bnlab.report.keys import DIVERGED, TEST_ACC, K
 from bnlab.report.load import RunTables
 from bnlab.report.points import STUCK, STUCK_BELOW, TRAINED, outcome
+from bnlab.report.select import Setting
 
 # ----------------------------------------------------------------------------- constants
 
@@ -127,6 +128,7 @@ class Tuning:
     norm: str
     means: dict[float, float]  # lr tried at R -> mean accuracy over seeds (chance if diverged)
     base_lr: float  # the best mean (ties to the smaller lr)
+    seeds_per_lr: dict[float, int] = field(default_factory=dict)  # finished runs per lr
 
     @property
     def grid(self) -> list[float]:
@@ -158,8 +160,14 @@ class Tuning:
 
 def tune(at_reference: pd.DataFrame, norm: str) -> Tuning:
     """The base lr of `norm` from its runs at the reference batch (with `acc`)."""
-    means = at_reference.groupby(K.optim.lr, sort=True)["acc"].mean()
-    return Tuning(norm, {float(k): float(v) for k, v in means.items()}, float(means.idxmax()))
+    by_lr = at_reference.groupby(K.optim.lr, sort=True)["acc"]
+    means, counts = by_lr.mean(), by_lr.count()
+    return Tuning(
+        norm,
+        {float(k): float(v) for k, v in means.items()},
+        float(means.idxmax()),
+        {float(k): int(v) for k, v in counts.items()},
+    )
 
 
 def tuning_note(t: Tuning, reference: int) -> str:
@@ -402,6 +410,28 @@ def deciding_numbers(
 # ----------------------------------------------------------------------------- section
 
 
+def grid_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, Setting | None, list[str]]:
+    """The section's runs: bn, gn and ln without dropout, every lr and batch, one
+    setting, with `acc`, `outcome` and `batch` columns."""
+    # The dropout claim's runs (model.dropout > 0) are another net; older runs lack the key.
+    plain = runs.get(K.model.dropout, pd.Series(0.0, index=runs.index)).fillna(0.0).eq(0.0)
+    sel, setting, notes = select_arms(runs, [K.optim.lr, K.data.batch_size], NORMS, plain)
+    sel = sel.assign(outcome=outcome(sel), batch=sel[K.data.batch_size].astype(int))
+    return sel, setting, notes
+
+
+def tuned_bases(tables: RunTables) -> tuple[int, dict[str, Tuning]]:
+    """The reference batch and each norm's base lr tuned there, as this rule tunes it:
+    what scripts/tune_small_batch.py writes into conf/grid/small_batch.yaml before the
+    small-batch runs (step 2 of the grid)."""
+    sel, _, _ = grid_runs(tables.runs)
+    if sel.empty:
+        return 0, {}
+    reference = int(sel["batch"].max())
+    big = sel[sel["batch"].eq(reference)]
+    return reference, {n: tune(big[big["arm"].eq(n)], n) for n in NORMS if n in set(big["arm"])}
+
+
 @section(
     "batch",
     "Batch size",
@@ -410,13 +440,9 @@ def deciding_numbers(
     figures=("small_batch",),
 )
 def small_batch_claim(tables: RunTables) -> Finding:
-    runs = tables.runs
-    # The dropout claim's runs (model.dropout > 0) are another net; older runs lack the key.
-    plain = runs.get(K.model.dropout, pd.Series(0.0, index=runs.index)).fillna(0.0).eq(0.0)
-    sel, setting, notes = select_arms(runs, [K.optim.lr, K.data.batch_size], NORMS, plain)
+    sel, setting, notes = grid_runs(tables.runs)
     if sel.empty or "bn" not in set(sel["arm"]):
         return no_data(notes + ["no BN run of the small-batch grid (ResNet-20, residual)"])
-    sel = sel.assign(outcome=outcome(sel), batch=sel[K.data.batch_size].astype(int))
     sizes = Batches(int(sel["batch"].max()), int(sel["batch"].min()))
     if sizes.small == sizes.reference:  # a drop needs a batch below the reference
         notes.append(f"no run below the reference batch {sizes.reference}: no drop to measure")
