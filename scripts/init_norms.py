@@ -321,14 +321,14 @@ def depth_list(text: str) -> list[int]:
     try:
         depths = [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--depths {text!r}: comma-separated integers") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers") from None
     for d in depths:
         try:
             blocks_per_stage(d)
         except ValueError as e:
-            raise argparse.ArgumentTypeError(f"--depths: {e}") from None
+            raise argparse.ArgumentTypeError(str(e)) from None
     if len(set(depths)) != len(depths):
-        raise argparse.ArgumentTypeError(f"--depths {text!r}: a depth is repeated")
+        raise argparse.ArgumentTypeError(f"{text!r}: a depth is repeated")
     return depths
 
 
