@@ -41,3 +41,14 @@ def test_verdict_row_marks_an_up_front_reason_as_blocking() -> None:
     assert not free.blocked and free.effect is not None and math.isfinite(free.effect)
     assert headline([blocked]) == INCONCLUSIVE
     assert free.verdict == headline([free]) == SUPPORTED
+
+
+def test_a_cpu_folder_says_which_claims_are_decided_at_gpu_scale(tmp_path):
+    from bnlab.report.load import load_runs
+    from bnlab.report.render import CPU_SCALE, header_facts
+    from tests.report_synth import make_run
+
+    make_run(tmp_path / "cpu", norm="bn", preset="cpu")
+    assert ("Scale", CPU_SCALE) in header_facts(load_runs(tmp_path / "cpu"))
+    make_run(tmp_path / "gpu", norm="bn", preset="gpu")
+    assert "Scale" not in dict(header_facts(load_runs(tmp_path / "gpu")))

@@ -83,11 +83,21 @@ def write_report(folder: Path, tables: RunTables, claims: list[ClaimResult]) -> 
 # ----------------------------------------------------------------------------- pieces
 
 
+# Issue 24: what a CPU-scale folder can decide (conf/grid/_suites.yaml).
+CPU_SCALE = (
+    "`experiment=all preset=cpu` sweeps the three headline claims (lr, with convergence; "
+    "depth; batch) within 2.5M training images; a claim whose section reads NO DATA here "
+    "is decided at GPU scale (`bnlab sweep experiment=all preset=gpu`)"
+)
+
+
 def header_facts(tables: RunTables) -> list[tuple[str, str]]:
     runs = tables.runs
     counts = runs[STATUS].value_counts()
     by_status = ", ".join(f"{n} {s}" for s, n in counts.sort_index().items())
     skipped = f"; {len(tables.skipped)} unreadable folder(s) skipped" if tables.skipped else ""
+    presets = set(runs.get(K.preset_name, pd.Series(dtype=object)).dropna())
+    scale = [("Scale", CPU_SCALE)] if presets == {"cpu"} else []
     return [
         ("Dataset variants", _listing(runs.get(DATASET))),
         ("Presets", _listing(runs.get(K.preset_name))),
@@ -96,6 +106,7 @@ def header_facts(tables: RunTables) -> list[tuple[str, str]]:
         ("Git commits", _listing(runs.get(GIT_COMMIT))),
         ("Devices", _listing(runs.get(DEVICE))),
         ("Seed noise", seed_noise_text(runs)),
+        *scale,
     ]
 
 
