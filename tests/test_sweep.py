@@ -41,7 +41,9 @@ def _assert_clean_error(proc, needle: str) -> None:
 def test_dry_run_lists_an_experiment_grid_and_writes_nothing(runs):
     proc = run_bnlab("sweep", "experiment=depth", "--dry-run", f"paths.runs={runs}")
     assert proc.returncode == 0, proc.stderr
-    assert "36 runs (36 new); would run" in proc.stdout  # 4 arms x 3 depths x 3 seeds
+    # (BN and He init in plain and residual nets, Fixup and SkipInit residual: 6 arms) x 4
+    # depths x 3 lrs x 3 seeds
+    assert "216 runs (216 new); would run" in proc.stdout
     assert "model.depth" in proc.stdout and "arm" in proc.stdout
     assert not runs.exists()
 
