@@ -104,7 +104,7 @@ from omegaconf import OmegaConf
 from bnlab.compose import CONFIG_DIR
 from bnlab.store import run_id
 from bnlab.sweep import packs
-from bnlab.sweep.grid import expand, experiments
+from bnlab.sweep.grid import expand, suite
 
 COMMON = CONFIG_DIR / "scale" / "gpu.yaml"  # how preset=gpu scales every claim's sweep
 SCALING = Path(__file__).resolve().parents[1] / "results" / "bench" / "gpu_h200_scaling_b128.json"
@@ -248,8 +248,9 @@ def _new_runs(name: str, seen: set[str], overrides: Sequence[str]) -> tuple[Any,
 
 
 def _experiments(skip: Sequence[str] = ()) -> list[str]:
-    """experiment=all's claims, in its order, less ``skip`` (each must be one of them)."""
-    names = experiments()
+    """experiment=all's claims at preset=gpu (conf/grid/_suites.yaml), in its order, less
+    ``skip`` (each must be one of them)."""
+    names = suite(["experiment=all", "preset=gpu"])
     unknown = set(skip) - set(names)
     if unknown:
         raise SystemExit(f"gpu_budget: no experiment {', '.join(sorted(unknown))}")
