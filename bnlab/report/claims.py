@@ -303,6 +303,19 @@ def depth_claim(tables: RunTables) -> Finding:
 # ----------------------------------------------------------------------------- convergence
 
 
+def with_curves(
+    sel: pd.DataFrame, epochs: pd.DataFrame, notes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs of `sel` with per-epoch metrics, and those metrics (`epochs`' rows of
+    them): a run without metrics.csv is left out, with a note."""
+    curves = epochs[epochs[RUN_ID].isin(sel[RUN_ID])]
+    no_curve = ~sel[RUN_ID].isin(curves[RUN_ID])
+    if no_curve.any():
+        notes.append(f"left out {int(no_curve.sum())} run(s) without metrics.csv")
+        sel = sel[~no_curve]
+    return sel, curves
+
+
 @superseded(
     "convergence",
     Rule(
@@ -323,11 +336,7 @@ def depth_claim(tables: RunTables) -> Finding:
 )
 def convergence_claim(tables: RunTables) -> Finding:
     sel, setting, notes = select_arms(tables.runs, [K.optim.lr], (BN, *NO_BN_ARMS))
-    curves = tables.epochs[tables.epochs[RUN_ID].isin(sel[RUN_ID])]
-    no_curve = ~sel[RUN_ID].isin(curves[RUN_ID])
-    if no_curve.any():
-        notes.append(f"left out {int(no_curve.sum())} run(s) without metrics.csv")
-        sel = sel[~no_curve]
+    sel, curves = with_curves(sel, tables.epochs, notes)
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
     means = sel.groupby(["arm", K.optim.lr])["acc"].mean()

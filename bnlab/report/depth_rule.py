@@ -9,7 +9,7 @@ what BN loses over the same depths, in each architecture (plain, residual).
 What version 3 adds to version 2 (bnlab.report.claims, kept computable):
 
 - every (architecture, arm, depth) at its own lr from the lrs tried with it there,
-  chosen across seeds (`sequence.own_lr`: each seed measured at the lr the *other*
+  chosen across seeds (`own_lr.own_lr`: each seed measured at the lr the *other*
   seeds chose), so a deep net may use a smaller lr than a shallow one;
 - a point whose best lr is at the edge of its lrs blocks a verdict that a better lr
   there could overturn (the edge semantics of `sequence.decide`);
@@ -61,9 +61,9 @@ from bnlab.report.figure_kit import (
 from bnlab.report.intervals import Estimate, contrast, estimate, verdict_row
 from bnlab.report.keys import DIVERGED, RUN_ID, TEST_ACC, TRAIN_LOSS, K
 from bnlab.report.load import RunTables
+from bnlab.report.own_lr import Point, own_lr
 from bnlab.report.points import STUCK, STUCK_BELOW, TRAINED, flag, outcome
 from bnlab.report.select import STANDARD, Setting
-from bnlab.report.sequence import Point, own_lr
 
 # ----------------------------------------------------------------------------- constants
 
@@ -173,7 +173,7 @@ def make_cells(sel: pd.DataFrame) -> dict[tuple[str, str, int], Cell]:
         d = int(depth)
         # own_lr reads `fit` for its `trained`; this rule decides training on test
         # accuracy at the best lr (Cell.trains), so `fit` is the accuracy itself.
-        point = own_lr(part.assign(fit=part["acc"]), str(arm), arm_text(str(arm), arch, d))
+        point = own_lr(part, str(arm), arm_text(str(arm), arch, d), fit="acc")
         cells[str(arch), str(arm), d] = Cell(str(arch), str(arm), d, point, part)
     return cells
 

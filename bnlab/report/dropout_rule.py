@@ -20,9 +20,8 @@ What they share, as the sequence rules do (bnlab.report.sequence):
 - a comparison with an arm that does not train is not measured; a run that diverged or
   finished stuck at chance (bnlab.report.points.outcome) never counts as trained.
 
-`own_lr` is sequence.own_lr's rule written again: importing bnlab.report.sequence here
-would register the sequence sections before the mechanism sections (bnlab.report.sections
-imports this module first) and change the report's order.
+`own_lr` is bnlab.report.own_lr's choice (shared with the sequence, lr and depth rules),
+its points `Tuned`: training judged on test accuracy, the edge worded as a ladder.
 
 Accuracies are fractions internally; `numbers` gives them in % and differences in pp.
 """
@@ -32,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -41,7 +40,7 @@ from matplotlib.figure import Figure
 
 from bnlab.report.arms import AGAINST, BN, NO_BN_ARMS, TRAINS_AT, in_pp, select_arms
 from bnlab.report.cells import num_ci, pct, pct_ci
-from bnlab.report.claims import RULE_VALUES
+from bnlab.report.claims import RULE_VALUES, with_curves
 from bnlab.report.core import (
     NOT_SUPPORTED,
     SUPPORTED,
@@ -75,6 +74,7 @@ from bnlab.report.intervals import (
 )
 from bnlab.report.keys import DIVERGED, EPOCH, RUN_ID, TEST_ACC, TRAIN_IMAGES, TRAIN_LOSS, K
 from bnlab.report.load import RunTables
+from bnlab.report.own_lr import EdgeWords, Point
 from bnlab.report.points import CHANCE_ACC, STUCK, STUCK_BELOW, TRAINED, epochs_to, outcome
 
 # ----------------------------------------------------------------------------- constants
@@ -130,35 +130,25 @@ VALUES |= {"tuning": TUNING, "decision": DECISION}
 # ----------------------------------------------------------------------------- points
 
 
+# The edge as this module's rules word it: the lrs tried with a point are its ladder.
+LADDER_EDGES = EdgeWords(
+    only="best lr is the only lr tried ({lr})",
+    bottom="best lr at the bottom of its ladder ({lr})",
+    top="best lr at the top of its ladder ({lr})",
+)
+
+
 @dataclass(frozen=True)
-class Tuned:
-    """One point (an arm, or an arm at one dropout value) at its own lr (`own_lr`)."""
+class Tuned(Point):
+    """One point (an arm, or an arm at one dropout value) at its own lr (`own_lr`), its
+    `fit` its final test accuracy; label e.g. "Fixup (no norm), dropout 0.3"."""
 
-    arm: str
-    label: str  # as the report names it, e.g. "Fixup (no norm), dropout 0.3"
-    runs: pd.DataFrame  # one row per seed: its run at the lr the other seeds chose
-    grid: tuple[float, ...]  # the lrs tried, ascending
-    best_lr: float  # the highest mean final test accuracy over all seeds
-    best_mean: float  # ... and that mean
+    EDGES: ClassVar[EdgeWords] = LADDER_EDGES
 
     @property
-    def acc(self) -> Estimate:
-        return estimate(self.runs["acc"])
-
-    @property
-    def trained(self) -> bool:
-        return self.best_mean >= TRAINS_AT
-
-    @property
-    def edge(self) -> str:
-        """Where the best lr sits when a wider ladder could beat it ("" inside it)."""
-        if len(self.grid) < 2:
-            return f"best lr is the only lr tried ({self.best_lr:g})"
-        if math.isclose(self.best_lr, self.grid[0]):
-            return f"best lr at the bottom of its ladder ({self.best_lr:g})"
-        if math.isclose(self.best_lr, self.grid[-1]):
-            return f"best lr at the top of its ladder ({self.best_lr:g})"
-        return ""
+    def best_mean(self) -> float:
+        """The highest mean final test accuracy over the lrs (at `best_lr`)."""
+        return self.best_fit
 
     @property
     def lr_used(self) -> str:
@@ -175,21 +165,7 @@ def own_lr(part: pd.DataFrame, arm: str, label: str) -> Tuned:
     """The Tuned point of `part` (one point's runs, with `acc`): each seed at the lr with
     the best mean `acc` over the other seeds (its own best with one seed); ties go to
     the smaller lr."""
-    lr, seed = K.optim.lr, K.train.seed
-    chosen = []
-    for s, mine in part.groupby(seed, sort=True):
-        others = part[part[seed].ne(s) & part[lr].isin(mine[lr])]
-        pick = (others if not others.empty else mine).groupby(lr)["acc"].mean().idxmax()
-        chosen.append(mine[mine[lr].eq(pick)].iloc[[0]])
-    means = part.groupby(lr)["acc"].mean()
-    return Tuned(
-        arm=arm,
-        label=label,
-        runs=pd.concat(chosen),
-        grid=tuple(float(v) for v in means.index),
-        best_lr=float(means.idxmax()),
-        best_mean=float(means.max()),
-    )
+    return Tuned.tuned(part, arm, label, fit="acc")
 
 
 def did_not_train(p: Tuned) -> str:
@@ -275,11 +251,7 @@ def convergence_steps_claim(tables: RunTables) -> Finding:
         (BN, *NO_BN_ARMS),
         dropout_of(tables.runs).eq(0.0),
     )
-    curves = tables.epochs[tables.epochs[RUN_ID].isin(sel[RUN_ID])]
-    no_curve = ~sel[RUN_ID].isin(curves[RUN_ID])
-    if no_curve.any():
-        notes.append(f"left out {int(no_curve.sum())} run(s) without metrics.csv")
-        sel = sel[~no_curve]
+    sel, curves = with_curves(sel, tables.epochs, notes)
     if sel.empty or BN not in set(sel["arm"]):
         return no_data(notes)
     sel, batch = at_reference_batch(sel, notes)

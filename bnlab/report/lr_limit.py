@@ -9,7 +9,7 @@ lattice, and two things are compared per arm:
 - the largest lr that trains (a run that diverged or finished stuck at chance,
   `points.outcome`, did not train), per seed, in log2 steps;
 - the accuracy each arm reaches at its own best lr, picked leave-one-out over seeds
-  (`sequence.own_lr`).
+  (`own_lr.own_lr`).
 
 A limit measured at the edge of a window is censored: the verdict a wider window could
 overturn is withheld, and the row says which way to extend the window. The headline is
@@ -47,9 +47,9 @@ from bnlab.report.figure_kit import arm_label, chance_line, finish, legend, log_
 from bnlab.report.intervals import MIN_SEEDS, Estimate, difference, estimate, verdict_row
 from bnlab.report.keys import DIVERGED, TEST_ACC, K
 from bnlab.report.load import RunTables
+from bnlab.report.own_lr import EdgeWords, Point, edge_of, own_lr
 from bnlab.report.points import STUCK, STUCK_BELOW, TRAINED, outcome
 from bnlab.report.select import Setting
-from bnlab.report.sequence import Point, own_lr
 
 LR_MIN_STEPS = 1.0  # BN's largest trainable lr at least one x2 step above the arm's
 ACC_MIN_PP = 1.0  # BN's accuracy at its own best lr at least 1 pp above the arm's
@@ -221,15 +221,17 @@ def lr_row(bn: Limits, arm: Limits) -> Verdict:
 # ----------------------------------------------------------------------------- accuracy
 
 
+# The edge as this rule words it: the lrs tried with an arm are its window.
+WINDOW_EDGES = EdgeWords(
+    only="its only lr ({lr}): extend its window",
+    bottom="at the bottom of its window ({lr}): extend it down",
+    top="at the top of its window ({lr}): extend it up",
+)
+
+
 def edge(p: Point) -> str:
     """Where `p`'s best lr sits when a wider window could beat it ("" inside it)."""
-    if len(p.grid) < 2:
-        return f"its only lr ({p.best_lr:g}): extend its window"
-    if math.isclose(p.best_lr, p.grid[0]):
-        return f"at the bottom of its window ({p.best_lr:g}): extend it down"
-    if math.isclose(p.best_lr, p.grid[-1]):
-        return f"at the top of its window ({p.best_lr:g}): extend it up"
-    return ""
+    return edge_of(p.grid, p.best_lr, WINDOW_EDGES)
 
 
 def acc_against(arm: str) -> str:
@@ -292,7 +294,7 @@ def lr_limit_claim(tables: RunTables) -> Finding:
     arms = [a for a in ARMS if a in set(sel["arm"])]
     parts = {a: sel[sel["arm"].eq(a)] for a in arms}
     lims = {a: limits(parts[a], a) for a in arms}
-    points = {a: own_lr(parts[a].assign(fit=parts[a]["acc"]), a, NAMES[a]) for a in arms}
+    points = {a: own_lr(parts[a], a, NAMES[a], fit="acc") for a in arms}
     rows: list[Verdict] = []
     limit_rows: list[Verdict] = []  # the headline's: the claim is about which lrs train
     numbers: dict[str, Any] = {"reference_batch": batch}

@@ -72,6 +72,7 @@ from bnlab.report.keys import (
     K,
 )
 from bnlab.report.load import RunTables
+from bnlab.report.own_lr import EdgeWords, edge_of
 from bnlab.report.points import (
     CHANCE_ACC,
     STUCK,
@@ -529,6 +530,12 @@ PARTS: dict[str, tuple[str, dict[str, int]]] = {
     "precise": ("recovered by precise statistics", {"precise_acc": 1, "running_acc": -1}),
 }
 DECIDED = ("mismatch", "precise", "noise")  # the parts judged, in row order
+# How ArmAtLr.edge words a best lr at an edge of the lrs tried (its ladder).
+LADDER_EDGES = EdgeWords(
+    only="its only lr ({lr})",
+    bottom="at the bottom of its ladder ({lr})",
+    top="at the top of its ladder ({lr})",
+)
 WHY_VALUES = {**VALUES, "stuck": f"{100 * STUCK_BELOW:g}%"}
 
 
@@ -546,15 +553,7 @@ class ArmAtLr:
     @property
     def edge(self) -> str:
         """Where the best lr sits when a wider ladder could beat it ("" inside it)."""
-        if self.fixed:
-            return ""
-        if len(self.grid) < 2:
-            return f"its only lr ({self.best_lr:g})"
-        if math.isclose(self.best_lr, self.grid[0]):
-            return f"at the bottom of its ladder ({self.best_lr:g})"
-        if math.isclose(self.best_lr, self.grid[-1]):
-            return f"at the top of its ladder ({self.best_lr:g})"
-        return ""
+        return "" if self.fixed else edge_of(self.grid, self.best_lr, LADDER_EDGES)
 
     @property
     def outcomes(self) -> pd.Series:

@@ -42,8 +42,12 @@ CLAIM_ORDER = (
     "dropout",
     "inference",
 )
-_rest = [k for k in SECTIONS if k not in CLAIM_ORDER]
-for _key in [*CLAIM_ORDER, *_rest]:
+# Then the norms table and the sequence-model claims, stated too: they came before the
+# mechanism sections while the depth and lr rules imported sequence.py for its own_lr
+# (now bnlab.report.own_lr), and the report keeps that order.
+AFTER_CLAIMS = ("norms", "rnn_ln", "rnn_bn_time", "transformer_norms")
+_rest = [k for k in SECTIONS if k not in (*CLAIM_ORDER, *AFTER_CLAIMS)]
+for _key in [*CLAIM_ORDER, *AFTER_CLAIMS, *_rest]:
     SECTIONS[_key] = SECTIONS.pop(_key)
 
 __all__ = ["FIGURES", "SECTIONS", "evaluate_sections"]

@@ -73,7 +73,6 @@ from bnlab.report.figure_kit import (
 from bnlab.report.intervals import (
     MIN_SEEDS,
     Effect,
-    Estimate,
     contrast,
     difference,
     estimate,
@@ -82,6 +81,7 @@ from bnlab.report.intervals import (
 )
 from bnlab.report.keys import RUN_ID, TEST_ACC, TRAIN_ACC, K
 from bnlab.report.load import RunTables
+from bnlab.report.own_lr import Point, own_lr
 from bnlab.report.points import epochs_to, with_acc
 from bnlab.report.select import Setting, select
 
@@ -153,62 +153,8 @@ VALUES["shared"] = SHARED
 
 # ----------------------------------------------------------------------------- points
 
-
-@dataclass(frozen=True)
-class Point:
-    """One arm at one batch size and training length, at its own lr (`own_lr`)."""
-
-    arm: str
-    label: str  # as the report names it, e.g. "LSTM per-step BN"
-    runs: pd.DataFrame  # one row per seed: its run at the lr the other seeds chose
-    grid: tuple[float, ...]  # the lrs tried
-    best_lr: float  # the highest mean final test accuracy over all seeds
-    best_fit: float  # the highest mean final training accuracy over the lrs
-
-    @property
-    def acc(self) -> Estimate:
-        return estimate(self.runs["acc"])
-
-    @property
-    def trained(self) -> bool:
-        return self.best_fit >= TRAINS_AT
-
-    @property
-    def edge(self) -> str:
-        """Where the best lr sits when a wider grid could beat it ("" inside the grid)."""
-        if len(self.grid) < 2:
-            return f"its only lr ({self.best_lr:g})"
-        if math.isclose(self.best_lr, self.grid[0]):
-            return f"the smallest of its grid ({self.best_lr:g})"
-        if math.isclose(self.best_lr, self.grid[-1]):
-            return f"the largest of its grid ({self.best_lr:g})"
-        return ""
-
-    @property
-    def chosen(self) -> str:
-        """The lr each seed was measured at, e.g. "0.1, 0.1, 0.3"."""
-        return ", ".join(f"{v:g}" for v in self.runs[K.optim.lr])
-
-
-def own_lr(part: pd.DataFrame, arm: str, label: str) -> Point:
-    """The Point of `part` (one arm's runs at one batch and training length, with `acc`
-    and `fit` columns): each seed at the lr with the best mean `acc` over the other
-    seeds (its own best with one seed); ties go to the smaller lr."""
-    lr, seed = K.optim.lr, K.train.seed
-    chosen = []
-    for s, mine in part.groupby(seed, sort=True):
-        others = part[part[seed].ne(s) & part[lr].isin(mine[lr])]
-        pick = (others if not others.empty else mine).groupby(lr)["acc"].mean().idxmax()
-        chosen.append(mine[mine[lr].eq(pick)].iloc[[0]])
-    means = part.groupby(lr)["acc"].mean()
-    return Point(
-        arm=arm,
-        label=label,
-        runs=pd.concat(chosen),
-        grid=tuple(float(v) for v in means.index),
-        best_lr=float(means.idxmax()),
-        best_fit=float(part.groupby(lr)["fit"].mean().max()),
-    )
+# A point is an `own_lr.Point` (`own_lr`: each seed at the lr the other seeds chose),
+# its `fit` the final training accuracy.
 
 
 def did_not_train(p: Point) -> str:
