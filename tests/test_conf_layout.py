@@ -75,8 +75,9 @@ KNOWN_RUNS = [
      ("train.seed=0 arm=none optim.lr=0.003125", "a761520cb2e5"),
      ("train.seed=2 arm=bn optim.lr=12.8", "33471952987e")),
     (["experiment=small_batch", "preset=cpu"], 57,
-     ("train.seed=0 arm=bn data.batch_size=2 optim.lr=0.003125", "1fd341a280fb"),
-     ("train.seed=2 arm=ghost_bn2 optim.lr=0.1", "96a8e74e09b3")),
+     # the tuned bases (scripts/tune_small_batch.py, 2026-12-05): bn 0.025, gn, ln 0.0125
+     ("train.seed=0 arm=bn data.batch_size=2 optim.lr=0.00078125", "27a56ace4a83"),
+     ("train.seed=2 arm=ghost_bn2 optim.lr=0.025", "575ab14cc111")),
     (["experiment=regularization", "preset=smoke"], 12,
      ("arm=bn train.seed=0", "b9c7d758da27"), ("arm=none train.seed=2", "3975ca24d4e4")),
 ]  # fmt: skip
