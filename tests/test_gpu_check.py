@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bnlab.sweep.grid import suite
 from tests.conftest import REPO
 
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
@@ -136,8 +137,8 @@ def test_preset_gpu_sweep_plans_packs_and_stays_within_its_measured_budget():
 
     rows = g.pack_budget()  # sweep.pack=auto on a GPU, one unit at a time
     grids = REPO / "conf" / "grid"
-    claims = {p.stem for p in grids.glob("*.yaml")} - {"_shared"}
-    assert {r.experiment for r in rows} == claims, "every experiment needs conf/grid/NAME.yaml"
+    claims = set(suite(["experiment=all", "preset=gpu"]))  # conf/grid/_suites.yaml
+    assert {r.experiment for r in rows} == claims, "the plan is experiment=all's at preset=gpu"
     # Fewer than 3 seeds only where no verdict is decided, and the grid file says so.
     for r in rows:
         text = (grids / f"{r.experiment}.yaml").read_text()
@@ -150,25 +151,25 @@ def test_preset_gpu_sweep_plans_packs_and_stays_within_its_measured_budget():
     for r in rows:
         assert sum(u.k for u in r.units) == r.new_runs, r.experiment
         assert all(u.mode == g.EAGER for u in r.units), r.experiment
-    assert plan["convergence"] == [15, 15, 15]
+    assert plan["lr"] == [30, 18, 18, 18] and plan["convergence"] == []  # lr's runs
     assert plan["ics"] == [3, 3, 3, 3]
     assert set(plan["landscape"]) == {1}
     sequence = next(r for r in rows if r.experiment == "sequence")
     assert set(plan["sequence"]) == {1} and not any(u.measured for u in sequence.units)
 
-    # The ResNet claims at the measured rates (gpu_budget.py, 2026-12-04): 31.9 minutes
-    # one unit at a time, 14.5 with 4 units sharing the GPU -- the issue's 8 minutes are
-    # NOT met (the GPU's own time for these runs is ~7.7 min at the graph's rates). Kept
-    # within 10% of that, so that a bigger grid (or a packing lost) is a decision.
+    # The ResNet claims at the measured rates (gpu_budget.py): with issue 24's grids
+    # (2026-12-05) 89.7 minutes one unit at a time, 36.7 with 4 units sharing the GPU --
+    # far from a lent session (the small-batch grid is most of it; README, "On a GPU").
+    # Kept within 10% of that, so that a bigger grid (or a packing lost) is a decision.
     measured = [r for r in rows if all(u.measured for u in r.units)]
     one = sum(r.seconds for r in measured) / 60
     four = sum(g.experiment_seconds(r.units, 4) for r in measured) / 60
-    assert one <= 35.0 and four <= 16.0, f"{one:.1f} min one unit at a time, {four:.1f} at 4"
+    assert one <= 99.0 and four <= 40.5, f"{one:.1f} min one unit at a time, {four:.1f} at 4"
     images = sum(r.images for r in rows)
     assert images <= 60e6, "preset=gpu: every claim within 60M training images (ARCHITECTURE.md)"
 
-    # The jobs mode's arithmetic (conf/scale/gpu.yaml's "convergence 3.9" at 60,000 img/s
-    # with n_jobs=4), on one claim.
-    others = [r.experiment for r in rows if r.experiment != "convergence"]
+    # The jobs mode's arithmetic (at conf/scale/gpu.yaml's 60,000 img/s with n_jobs=4), on
+    # one claim: the lr grid's 84 runs of 20,000 images x 5 epochs.
+    others = [r.experiment for r in rows if r.experiment != "lr"]
     (jobs,) = g.budget(g.read_throughput(), skip=others)
-    assert jobs.new_runs == 45 and round(jobs.seconds / 60, 1) == 3.9
+    assert jobs.new_runs == 84 and round(jobs.seconds / 60, 1) == 3.6
