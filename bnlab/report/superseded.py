@@ -31,6 +31,7 @@ import pandas as pd
 from bnlab.config import RESIDUAL_INITS
 from bnlab.report.arms import select_arms
 from bnlab.report.cells import pct, round2, sig4
+from bnlab.report.claims import with_curves
 from bnlab.report.core import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
@@ -297,11 +298,7 @@ def _convergence_claim(tables: RunTables, guarded: bool) -> Finding:
     sel, setting, notes = _bn_none(tables.runs, K.optim.lr)
     if sel.empty:
         return no_data(notes)
-    curves = tables.epochs[tables.epochs[RUN_ID].isin(sel[RUN_ID])]
-    no_curve = ~sel[RUN_ID].isin(curves[RUN_ID])
-    if no_curve.any():
-        notes.append(f"left out {int(no_curve.sum())} run(s) without metrics.csv")
-        sel = sel[~no_curve]
+    sel, curves = with_curves(sel, tables.epochs, notes)
     shared = _shared(sel, K.optim.lr, BN_NONE)
     numbers: dict[str, Any] = {"shared_lrs": shared}
     outcomes: list[str] = []
