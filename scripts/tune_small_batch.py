@@ -43,14 +43,20 @@ HEADER = """\
 """
 
 
+def lr_text(lr: float) -> str:
+    """An lr as the yaml holds it: 12 significant digits, so the rule (which accepts
+    base x b/R within a relative 1e-6) finds it; :g's 6 digits can miss (0.000195313)."""
+    return f"{lr:.12g}"
+
+
 def union(bases: dict[str, float], reference: int, indent: str) -> list[str]:
     lines = []
     for norm in NORMS:
         for b in SMALL:
-            lr = bases[norm] * b / reference
-            lines.append(f'{indent}- {{arm: {norm}, data.batch_size: "{b}", optim.lr: "{lr:g}"}}')
+            lr = lr_text(bases[norm] * b / reference)
+            lines.append(f'{indent}- {{arm: {norm}, data.batch_size: "{b}", optim.lr: "{lr}"}}')
     ghosts = ",".join(f"ghost_bn{g}" for g in GHOSTS)
-    lines.append(f'{indent}- {{arm: "bn,{ghosts}", optim.lr: "{bases["bn"]:g}"}}')
+    lines.append(f'{indent}- {{arm: "bn,{ghosts}", optim.lr: "{lr_text(bases["bn"])}"}}')
     return lines
 
 

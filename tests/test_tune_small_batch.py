@@ -65,3 +65,15 @@ def test_refuses_runs_of_the_other_presets_reference_batch(tmp_path, capsys):
     runs = tuning_store(tmp_path / "runs")
     assert tune_small_batch.main(["--runs", str(runs), "--preset", "gpu"]) == 2
     assert "reference batch is 64, not preset=gpu's 128" in capsys.readouterr().err
+
+
+def test_written_lrs_are_the_ones_the_rule_accepts():
+    # The rule keeps a small-batch run only when its lr is base x b/R within LR_RTOL;
+    # LN's base 0.00625 at b = 2, R = 64 is 0.0001953125, which 6 digits round out of it.
+    from bnlab.report.small_batch import LR_RTOL
+
+    for base in (0.00625, 0.0125, 0.025, 0.3, 1 / 3):
+        for b in tune_small_batch.SMALL:
+            want = base * b / 64
+            assert abs(float(tune_small_batch.lr_text(want)) - want) <= LR_RTOL * want
+    assert abs(float(f"{0.0001953125:g}") - 0.0001953125) > LR_RTOL * 0.0001953125
