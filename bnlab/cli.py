@@ -267,6 +267,12 @@ def sweep(
         raise _fail(str(e)) from None
     if not any(s.jobs for s in sweeps):
         raise _fail("the sweep has no runs")
+    untuned = [s for s in sweeps if s.untuned]
+    if untuned and not dry_run:  # refused before any run: not after a suite's first hour
+        s = untuned[0]
+        others = ",".join(_experiment_of(o) for o in sweeps if not o.untuned and o.jobs)
+        hint = f"; meanwhile sweep the others: experiment={others}" if others else ""
+        raise _fail(f"{_experiment_of(s)} cannot run yet: {s.untuned}{hint}")
 
     from bnlab.sweep.launch import launch, pack_plan, preflight
     from bnlab.sweep.table import Row, render, rows_for
@@ -316,8 +322,16 @@ def sweep(
     verb = "would run" if dry_run else f"took {time.perf_counter() - started:.0f}s"
     console.print(f"{len(all_rows)} runs ({summary}); {verb}", highlight=False)
     console.print(f"budget: {_budget(sweeps, all_rows).describe()}", highlight=False)
+    for s in untuned:
+        console.print(f"not ready to run: {_experiment_of(s)}: {s.untuned}", highlight=False)
     if not dry_run and counts.get("failed", 0):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _experiment_of(s: Any) -> str:
+    """The experiment a sweep was composed from, as the command line names it."""
+    chosen = [o.partition("=")[2] for o in s.task_overrides if o.startswith("experiment=")]
+    return chosen[-1] if chosen else s.experiment or "sweep"
 
 
 def _budget(sweeps: list[Any], rows: list[Any]) -> Any:

@@ -34,13 +34,14 @@
 #
 # Options: --smoke (CPU, preset=smoke, tiny benchmarks); --no-install (use $PYTHON's
 # own packages, no wheelhouse); --minutes M; --n-jobs N (runs sharing the GPU in the
-# sweep, default 4); --runs DIR; --steps LIST (of tests,bench,pack,scaling,sweep,report).
+# sweep, default 4); --runs DIR; --steps LIST (of tests,bench,pack,scaling,sweep,report);
+# --print-sweeps (print the sweeps' experiment lists, one a line, and run nothing).
 # $PYTHON picks the interpreter (default python3: the device's, with its CUDA torch).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-SMOKE=0 INSTALL=1 MINUTES=9 NJOBS=4 RUNS="" STEPS="tests,bench,pack,sweep,report" OUT=""
+SMOKE=0 INSTALL=1 PRINT=0 MINUTES=9 NJOBS=4 RUNS="" STEPS="tests,bench,pack,sweep,report" OUT=""
 RESERVE_S=60    # kept back from the sweep for the report and the files
 RESUME_CAP=$((15 * 1024 * 1024))
 
@@ -49,6 +50,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
         --no-install) INSTALL=0 ;;
+        --print-sweeps) PRINT=1 ;;
         --minutes) MINUTES="${2:-}"; shift ;;
         --n-jobs) NJOBS="${2:-}"; shift ;;
         --runs) RUNS="${2:-}"; shift ;;
@@ -123,6 +125,7 @@ if [ "$INSTALL" = 1 ]; then
 fi
 BNLAB=("$PYTHON" -m bnlab)
 cd "$REPO"
+if [ "$PRINT" = 0 ]; then  # --print-sweeps needs neither
 echo "== device"
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 "$PYTHON" - <<'EOF' | tee "$WORK/device.json"
@@ -157,6 +160,7 @@ from bnlab.data import load_dataset
 d = load_dataset(DataConfig(name='cifar10_jpeg'))
 print(f'{d.variant}: {len(d.train_y)} + {len(d.test_y)} images in {time.time() - t:.1f} s')" ||
     die "the bundled dataset does not load (data/cifar10-jpeg.tar.gz travels with the tree)"
+fi
 
 # ---------------------------------------------------------------- the steps
 if [ "$SMOKE" = 1 ]; then
@@ -178,14 +182,38 @@ else
     # graph, >= 30k at batch 2): a few seconds a configuration.
     PACK=(--device cuda --precision bf16 --graph --ks 1,16,32,64 --batches 128,2 --formats cl
           --images 100000 --steps 30 --repeats 2)
-    SWEEP=(experiment=all preset=gpu)
     # The sequence claims train on Fashion-MNIST (Debian's dataset-fashion-mnist), which a
     # machine without it cannot load: there the suite runs every other claim and says so.
+    FMNIST=1
     if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-        OTHERS=$(ls conf/experiment | sed -n 's/\.yaml$//p' | grep -vx sequence | paste -sd, -)
-        SWEEP=("experiment=$OTHERS" preset=gpu)
+        FMNIST=0
         echo "== no Fashion-MNIST here: the sweep leaves out experiment=sequence"
     fi
+    # `experiment=all preset=gpu`, as one or two sweeps (one experiment list a line):
+    # while small_batch's gpu grid is untuned (its base lrs come from the lr and
+    # batch_tune runs, scripts/tune_small_batch.py), the suite's claims up to batch_tune
+    # run first, then the tuning writes the bases, then the rest.
+    mapfile -t STAGES < <("$PYTHON" - "$FMNIST" <<'EOF'
+import sys
+from bnlab.sweep.grid import read_grid, suite
+names = suite(["preset=gpu"])
+if sys.argv[1] == "0":
+    names = [n for n in names if n != "sequence"]
+if read_grid("small_batch", "gpu")[1] and "small_batch" in names and "batch_tune" in names:
+    cut = max(names.index("batch_tune"), names.index("lr")) + 1
+    print(",".join(names[:cut]))
+    print(",".join(names[cut:]))
+else:
+    print(",".join(names))
+EOF
+    )
+    [ ${#STAGES[@]} -gt 0 ] || die "cannot read the gpu suite (conf/grid/_suites.yaml)"
+    SWEEP=("experiment=${STAGES[0]}" preset=gpu)
+fi
+if [ "$PRINT" = 1 ]; then  # --print-sweeps: the sweeps this call would run, one a line
+    [ "$SMOKE" = 1 ] && STAGES=("${SWEEP[*]}")
+    printf '%s\n' "${STAGES[@]}"
+    exit 0
 fi
 if wants tests; then
     run_step tests 180 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests
@@ -206,6 +234,19 @@ fi
 if wants sweep; then
     run_step sweep 0 "${BNLAB[@]}" sweep "${SWEEP[@]}" "paths.runs=$RUNS" \
         hydra/launcher=joblib "hydra.launcher.n_jobs=$NJOBS"
+    if [ "$SMOKE" = 0 ] && [ "${#STAGES[@]}" = 2 ]; then
+        # The small-batch bases from the runs just made (refused, exit 2, while a tuning
+        # lr has fewer than 3 finished seeds); the grid is then the tuned one, and the
+        # next slot's call tunes again from the same runs (the same bases).
+        rest="${STAGES[1]}"
+        run_step tune 60 "$PYTHON" scripts/tune_small_batch.py --runs "$RUNS" --preset gpu --write
+        if [ "$(tail -n 1 "$STEPLOG" | cut -f 2)" != 0 ]; then
+            rest=$(tr , '\n' <<<"$rest" | grep -vx small_batch | paste -sd, -)
+            echo "== not tuned: the rest of the suite runs without small_batch"
+        fi
+        [ -n "$rest" ] && run_step sweep_rest 0 "${BNLAB[@]}" sweep "experiment=$rest" \
+            preset=gpu "paths.runs=$RUNS" hydra/launcher=joblib "hydra.launcher.n_jobs=$NJOBS"
+    fi
 fi
 finished() { grep -qE '"status": "(completed|diverged)"' "$1/summary.json" 2>/dev/null; }
 any_finished() {

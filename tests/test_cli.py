@@ -134,3 +134,21 @@ def test_report_from_the_cli_writes_the_report_and_warns_about_broken_runs(tmp_p
 def test_export_of_a_folder_that_is_not_a_run_is_exit_2(tmp_path):
     proc = run_bnlab("export", str(tmp_path / "nowhere"), "--fold-bn")
     _assert_clean_error(proc, "nowhere")
+
+
+def test_a_grid_not_tuned_yet_is_refused_before_any_run_and_shown_in_a_dry_run(runs):
+    # preset=gpu's small-batch bases are written from the tuning runs (two steps).
+    proc = run_bnlab(
+        "sweep", "experiment=batch_tune,small_batch", "preset=gpu", f"paths.runs={runs}"
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    *progress, error = proc.stderr.strip().splitlines()  # "composing experiment=..." lines
+    assert all(line.startswith("composing experiment=") for line in progress)
+    assert error.startswith("bnlab: error: small_batch cannot run yet: its base lrs are not tuned")
+    assert error.endswith("meanwhile sweep the others: experiment=batch_tune")
+    assert not runs.exists()
+    proc = run_bnlab(
+        "sweep", "experiment=small_batch", "preset=gpu", f"paths.runs={runs}", "--dry-run"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "not ready to run: small_batch: its base lrs are not tuned yet" in proc.stdout

@@ -173,3 +173,17 @@ def test_preset_gpu_sweep_plans_packs_and_stays_within_its_measured_budget():
     others = [r.experiment for r in rows if r.experiment != "lr"]
     (jobs,) = g.budget(g.read_throughput(), skip=others)
     assert jobs.new_runs == 84 and round(jobs.seconds / 60, 1) == 3.6
+
+
+def test_the_gpu_suite_tunes_small_batch_between_its_two_sweeps(tmp_path):
+    # preset=gpu's small-batch bases are not tuned yet: the claims whose runs tune them
+    # (lr, batch_tune) sweep first, scripts/tune_small_batch.py writes the bases, then
+    # the rest of the suite, small_batch included.
+    proc = gpu_check("--no-install", "--print-sweeps", str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first, rest = (line.split(",") for line in proc.stdout.strip().splitlines()[-2:])
+    assert {"lr", "batch_tune"} <= set(first) and "small_batch" in rest
+    assert first + rest == [n for n in suite(["preset=gpu"]) if n in first + rest]
+    assert set(suite(["preset=gpu"])) - set(first + rest) <= {"sequence"}  # no Fashion-MNIST
+    script = SCRIPT.read_text()
+    assert 'scripts/tune_small_batch.py --runs "$RUNS" --preset gpu --write' in script

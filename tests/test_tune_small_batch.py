@@ -23,10 +23,10 @@ TUNING = {
 }
 
 
-def tuning_store(runs: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:
+def tuning_store(runs: Path, seeds: tuple[int, ...] = (0, 1, 2), batch: int = 64) -> Path:
     for arm, accs in TUNING.items():
         for lr, acc in accs.items():
-            arm_runs(runs, arm, acc, seeds, **{"optim.lr": lr, "data.batch_size": 64})
+            arm_runs(runs, arm, acc, seeds, **{"optim.lr": lr, "data.batch_size": batch})
     return runs
 
 
@@ -77,3 +77,28 @@ def test_written_lrs_are_the_ones_the_rule_accepts():
             want = base * b / 64
             assert abs(float(tune_small_batch.lr_text(want)) - want) <= LR_RTOL * want
     assert abs(float(f"{0.0001953125:g}") - 0.0001953125) > LR_RTOL * 0.0001953125
+
+
+def test_the_untuned_mark_stays_until_that_presets_bases_are_written(tmp_path):
+    grid = grid_copy(tmp_path)
+    assert "untuned" in yaml.safe_load(grid.read_text())  # preset=gpu: not tuned yet
+    runs = tuning_store(tmp_path / "cpu_runs")
+    assert (
+        tune_small_batch.main(
+            ["--runs", str(runs), "--preset", "cpu", "--write", "--grid", str(grid)]
+        )
+        == 0
+    )
+    tree = yaml.safe_load(grid.read_text())
+    assert "untuned" in tree and "untuned" not in tree["cpu"]  # the other preset still waits
+    runs = tuning_store(tmp_path / "gpu_runs", batch=128)
+    assert (
+        tune_small_batch.main(
+            ["--runs", str(runs), "--preset", "gpu", "--write", "--grid", str(grid)]
+        )
+        == 0
+    )
+    tree = yaml.safe_load(grid.read_text())
+    assert "untuned" not in tree
+    gpu = {(p["arm"], p.get("data.batch_size")): float(p["optim.lr"]) for p in tree["union"]}
+    assert gpu["gn", "2"] == 0.1 * 2 / 128 and gpu["bn,ghost_bn32,ghost_bn8,ghost_bn2", None] == 0.2

@@ -36,6 +36,11 @@ SEED_KEY = "train.seed"  # every claim's grid ends with it (the shared `seeds`)
 MAX_NAME_BYTES = 100
 # A grid file's key for a union of products (experiment_grids).
 UNION = "union"
+# A grid file's key saying why its values are not ready to run (e.g. a lr to be tuned
+# from other runs first): `bnlab sweep` refuses to run it, --dry-run shows it. At the
+# top level it covers the presets using the top-level union; a preset's section may
+# hold its own.
+UNTUNED = "untuned"
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Sweep:
     launcher: str
     launcher_params: dict[str, Any]  # hydra.launcher as composed (unresolved interpolations)
     jobs: list[Job]
+    untuned: str = ""  # why the grid may not run yet (its file's `untuned`), "" when it may
 
     def varying_keys(self) -> list[str]:
         """The keys whose value differs between jobs (the table's columns)."""
@@ -114,7 +120,7 @@ def expand(overrides: Sequence[str]) -> Sweep:
             base = compose("config", overrides=[*fixed, *hydra_overrides], return_hydra_config=True)
         hydra_cfg = base.hydra
         choices = hydra_cfg.runtime.choices
-        products = experiment_grids(choices.get("experiment"), str(choices.get("preset")))
+        products, untuned = read_grid(choices.get("experiment"), str(choices.get("preset")))
         # A grid written the Hydra way (hydra.sweeper.params) still counts, after it.
         node = hydra_cfg.sweeper.get("params")
         hydra_params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
@@ -143,7 +149,9 @@ def expand(overrides: Sequence[str]) -> Sweep:
     experiment = (jobs[0].cfg.experiment_name or None) if jobs else None
     if experiment is not None:
         check_folder_name("experiment_name", experiment)
-    return Sweep(experiment, list(task_overrides), hydra_overrides, launcher, launcher_params, jobs)
+    return Sweep(
+        experiment, list(task_overrides), hydra_overrides, launcher, launcher_params, jobs, untuned
+    )
 
 
 def experiment_grid(experiment: str | None, preset: str) -> dict[str, str]:
@@ -170,10 +178,15 @@ def experiment_grids(experiment: str | None, preset: str) -> list[dict[str, str]
     section may replace the union. The sweep is the products' runs in order, a run in
     two products counted once.
     """
+    return read_grid(experiment, preset)[0]
+
+
+def read_grid(experiment: str | None, preset: str) -> tuple[list[dict[str, str]], str]:
+    """experiment_grids' products, and why they may not run yet ("" when they may)."""
     folder = CONFIG_DIR / GRID_DIR
     path = folder / f"{experiment}.yaml"
     if experiment is None or not path.is_file():
-        return {}
+        return [], ""
     with one_line_errors():
         shared = OmegaConf.load(folder / f"{SHARED}.yaml")
         own = OmegaConf.load(path)
@@ -186,10 +199,13 @@ def experiment_grids(experiment: str | None, preset: str) -> list[dict[str, str]
     axes: dict[str, str] = {}
     sections: dict[str, Mapping[str, Any]] = {}
     union: list[Any] = [{}]
+    untuned = ""
     for key in own:
         value = tree[key]
         if key == UNION:
             union = _union(path, UNION, value)
+        elif key == UNTUNED:
+            untuned = _untuned(path, UNTUNED, value)
         elif isinstance(value, Mapping):
             if key not in presets:
                 raise BnlabError(
@@ -200,9 +216,14 @@ def experiment_grids(experiment: str | None, preset: str) -> list[dict[str, str]
         else:
             axes[str(key)] = _axis_value(path, key, value)
     axes.setdefault(SEED_KEY, _axis_value(path, "seeds", tree["seeds"]))
-    for key, value in sections.get(preset, {}).items():
+    section = sections.get(preset, {})
+    if UNION in section:  # the top level's note was about the union this one replaces
+        untuned = ""
+    for key, value in section.items():
         if key == UNION:
             union = _union(path, f"{preset}.{UNION}", value)
+        elif key == UNTUNED:
+            untuned = _untuned(path, f"{preset}.{UNTUNED}", value)
         else:
             axes[str(key)] = _axis_value(path, f"{preset}.{key}", value)
     products = []
@@ -211,13 +232,19 @@ def experiment_grids(experiment: str | None, preset: str) -> list[dict[str, str]
         for key, value in product.items():
             grid[str(key)] = _axis_value(path, f"{UNION}[{i}].{key}", value)
         products.append(grid)
-    return products
+    return products, untuned
 
 
 def _union(path: Any, key: str, value: Any) -> list[Any]:
     if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
         raise BnlabError(f"{path}: {key} should be a list of mappings of sweep values")
     return value
+
+
+def _untuned(path: Any, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BnlabError(f"{path}: {key} should say why the grid may not run yet")
+    return value.strip()
 
 
 def _axis_value(path: Any, key: Any, value: Any) -> str:
