@@ -38,7 +38,7 @@ COUNTS = {
              "inference": 3, "init": 60, "landscape": 9, "lr": 84, "lr_naive": 30,
              "norms": 21, "regularization": 12, "sequence": 99, "small_batch": 57},
     "cpu": {"batch": 21, "batch_protocol": 10, "batch_tune": 36, "convergence": 87,
-            "deep_no_norm": 24, "depth": 108, "depth_plain": 4, "dropout": 36, "ics": 15,
+            "deep_no_norm": 24, "depth": 114, "depth_plain": 4, "dropout": 36, "ics": 15,
             "inference": 3, "init": 36, "landscape": 6, "lr": 87, "lr_naive": 10,
             "norms": 21, "regularization": 12, "sequence": 99, "small_batch": 57},
     "gpu": {"batch": 21, "batch_protocol": 10, "batch_tune": 18, "convergence": 84,
