@@ -86,8 +86,9 @@ def write_report(folder: Path, tables: RunTables, claims: list[ClaimResult]) -> 
 # Issue 24: what a CPU-scale folder can decide (conf/grid/_suites.yaml).
 CPU_SCALE = (
     "`experiment=all preset=cpu` sweeps the three headline claims (lr, with convergence; "
-    "depth; batch) within 2.5M training images; a claim whose section reads NO DATA here "
-    "is decided at GPU scale (`bnlab sweep experiment=all preset=gpu`)"
+    "depth; batch; its size in training images: `bnlab sweep experiment=all preset=cpu "
+    "--dry-run`); a claim whose section reads NO DATA here is decided at GPU scale "
+    "(`bnlab sweep experiment=all preset=gpu`)"
 )
 
 
