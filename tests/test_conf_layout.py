@@ -253,12 +253,20 @@ def test_a_bad_grid_file_is_one_line_naming_it(tmp_path, monkeypatch, text, need
     assert "\n" not in str(err.value)
 
 
-def test_a_union_grid_gives_each_product_its_own_axes_and_counts_a_run_once(tmp_path, monkeypatch):
+@pytest.fixture
+def grid_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty conf/grid (seeds 0,1) that the grid reader reads instead of the project's."""
     from bnlab.sweep import grid as grid_module
 
     folder = tmp_path / GRID_DIR
     folder.mkdir()
     (folder / f"{SHARED}.yaml").write_text("seeds: 0,1\n")
+    monkeypatch.setattr(grid_module, "CONFIG_DIR", tmp_path)
+    return folder
+
+
+def test_a_union_grid_gives_each_product_its_own_axes_and_counts_a_run_once(grid_folder):
+    folder = grid_folder
     (folder / "u.yaml").write_text(
         "arm: bn\n"
         "union:\n"
@@ -267,7 +275,6 @@ def test_a_union_grid_gives_each_product_its_own_axes_and_counts_a_run_once(tmp_
         "gpu:\n"
         "  union: [{optim.lr: '3.0'}]\n"
     )
-    monkeypatch.setattr(grid_module, "CONFIG_DIR", tmp_path)
     assert experiment_grids("u", "cpu") == [
         {"arm": "bn", "train.seed": "0,1", "optim.lr": "0.1,0.3"},
         {"arm": "fixup", "train.seed": "0,1", "optim.lr": "0.3,1.0"},
@@ -280,12 +287,8 @@ def test_a_union_grid_gives_each_product_its_own_axes_and_counts_a_run_once(tmp_
         experiment_grids("bad", "cpu")
 
 
-def test_an_untuned_grid_says_why_for_the_presets_it_covers(tmp_path, monkeypatch):
-    from bnlab.sweep import grid as grid_module
-
-    folder = tmp_path / GRID_DIR
-    folder.mkdir()
-    (folder / f"{SHARED}.yaml").write_text("seeds: 0,1\n")
+def test_an_untuned_grid_says_why_for_the_presets_it_covers(grid_folder):
+    folder = grid_folder
     (folder / "t.yaml").write_text(
         "untuned: 'tune the base lr first'\n"
         "union: [{optim.lr: '0.2'}]\n"
@@ -296,7 +299,6 @@ def test_an_untuned_grid_says_why_for_the_presets_it_covers(tmp_path, monkeypatc
         "gpu:\n"
         "  untuned: 'its own reason'\n"
     )
-    monkeypatch.setattr(grid_module, "CONFIG_DIR", tmp_path)
     assert read_grid("t", "full")[1] == "tune the base lr first"
     assert read_grid("t", "smoke")[1] == "tune the base lr first"
     assert read_grid("t", "cpu") == ([{"train.seed": "0,1", "optim.lr": "0.025"}], "")
