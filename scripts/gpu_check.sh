@@ -92,6 +92,7 @@ TEE_PID=$!
 left() { echo $((LIMIT_S - SECONDS)); }
 # run_step NAME CAP_S COMMAND...: run under a time limit (SIGINT first, as Ctrl-C; the
 # sweep then stops cleanly), record exit code and seconds; never stop the script.
+# Returns the command's exit code (1 when skipped), for a step that depends on it.
 run_step() {
     local name="$1" cap="$2" budget rc start
     shift 2
@@ -101,7 +102,7 @@ run_step() {
     if [ "$budget" -lt 15 ]; then
         echo "== $name: skipped, $(left) s left"
         printf '%s\t%s\t%s\n' "$name" "skipped" 0 >>"$STEPLOG"
-        return
+        return 1
     fi
     echo "== $name (at most ${budget} s): $*"
     start=$SECONDS
@@ -109,6 +110,7 @@ run_step() {
     rc=$?
     printf '%s\t%s\t%s\n' "$name" "$rc" $((SECONDS - start)) >>"$STEPLOG"
     echo "== $name: exit $rc after $((SECONDS - start)) s"
+    return "$rc"
 }
 wants() { [[ ",$STEPS," == *",$1,"* ]]; }
 
@@ -239,8 +241,8 @@ if wants sweep; then
         # lr has fewer than 3 finished seeds); the grid is then the tuned one, and the
         # next slot's call tunes again from the same runs (the same bases).
         rest="${STAGES[1]}"
-        run_step tune 60 "$PYTHON" scripts/tune_small_batch.py --runs "$RUNS" --preset gpu --write
-        if [ "$(tail -n 1 "$STEPLOG" | cut -f 2)" != 0 ]; then
+        tune=("$PYTHON" scripts/tune_small_batch.py --runs "$RUNS" --preset gpu --write)
+        if ! run_step tune 60 "${tune[@]}"; then
             rest=$(tr , '\n' <<<"$rest" | grep -vx small_batch | paste -sd, -)
             echo "== not tuned: the rest of the suite runs without small_batch"
         fi
