@@ -246,6 +246,7 @@ def sweep(
 
     sweep.pack=auto|1|N: runs that differ only in seed, lr, weight decay, ... train
     together as one model (auto: where it pays on the device; 1: each alone).
+    sweep.pack_graph=true: each pack's step in one CUDA graph on a GPU.
 
     Finished runs are skipped, interrupted ones resumed. One failing or
     diverging run never stops the sweep; the exit code is 1 only if a run failed.
@@ -253,11 +254,12 @@ def sweep(
     from rich.console import Console
 
     from bnlab.sweep.grid import expand, split_experiment_all
-    from bnlab.sweep.packs import labels, split_pack_setting
+    from bnlab.sweep.packs import labels, split_pack_graph, split_pack_setting
 
     sweeps = []
     try:
         overrides, pack_setting = split_pack_setting(overrides or [])
+        overrides, pack_graph = split_pack_graph(overrides)
         parts = split_experiment_all(overrides)
         for part in parts:
             if len(parts) > 1:  # composing experiment=all takes minutes: say what it is doing
@@ -293,13 +295,14 @@ def sweep(
             try:
                 units = pack_plan(s, pack_setting)
                 if not dry_run:
-                    outcomes = launch(s, Path(s.jobs[0].cfg.paths.runs), units)
+                    outcomes = launch(s, Path(s.jobs[0].cfg.paths.runs), units, pack_graph)
             except BnlabError as e:  # e.g. a SLURM request the cluster refuses
                 raise _fail(str(e)) from None
             in_packs = sum(len(u.nums) for u in units if u.is_pack)
-            title = f"{s.experiment or 'sweep'}: {len(s.jobs)} runs, launcher {s.launcher}" + (
-                f", {in_packs} of them in packs" if in_packs else ""
-            )
+            title = f"{s.experiment or 'sweep'}: {len(s.jobs)} runs, launcher {s.launcher}"
+            if in_packs:
+                graph = " (sweep.pack_graph=true)" if pack_graph else ""
+                title += f", {in_packs} of them in packs{graph}"
             rows = rows_for(s, outcomes, labels(units))
             all_rows += rows
             render(title, s, rows, console)

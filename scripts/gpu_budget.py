@@ -49,7 +49,9 @@ GroupNorm factor is linear in K from 1 to 16, constant beyond.
 
 ASSUMED: a pack trains in the whole-step CUDA graph when train.compile is on
 (``bnlab.pack.run``), eager otherwise; preset=gpu leaves train.compile=false, so the
-suite's packs are EAGER (pass train.compile=true to cost the graph); a run alone is
+suite's packs are EAGER unless the sweep says sweep.pack_graph=true (it sets
+train.compile on the packs' members only; pass it here to cost that, or
+train.compile=true for packs and runs alone compiled); a run alone is
 eager at the pack's K=1 rate (bnlab's own solo bf16 eager measured 11,793 img/s, 3%
 below it) or torch.compile'd. bf16 throughout (train.precision=auto on an H200; the
 batch-2 points and eager K=1 were fp32). Eager at batch 2, K=1: batch 128's step time
@@ -81,7 +83,8 @@ claim's grid file (conf/grid/NAME.yaml) shows its own arithmetic under preset=gp
 
     python scripts/gpu_budget.py                      # packs: per experiment, the total
     python scripts/gpu_budget.py --n-jobs 4           # 4 units sharing the GPU
-    python scripts/gpu_budget.py train.compile=true   # the packs' CUDA graphs
+    python scripts/gpu_budget.py sweep.pack_graph=true   # the packs' CUDA graphs
+    python scripts/gpu_budget.py train.compile=true   # those, and runs alone compiled
     python scripts/gpu_budget.py --skip sequence      # the ResNet claims only
     python scripts/gpu_budget.py --mode jobs --img-per-s 48097 --minutes 20
 """
@@ -426,13 +429,21 @@ def pack_budget(
     skip: Sequence[str] = (),
 ) -> list[PackRow]:
     """The packs mode: each experiment's new runs planned as `bnlab sweep sweep.pack=
-    <setting>` plans them on a GPU, each unit costed at the measured pack rates."""
+    <setting>` plans them on a GPU, each unit costed at the measured pack rates
+    (sweep.pack_graph=true among the overrides: the packs' steps as CUDA graphs, as the
+    sweep trains them)."""
+    overrides, pack_graph = packs.split_pack_graph(overrides or [])
     seen: set[str] = set()
     rows = []
     for name in _experiments(skip):
-        sweep, new = _new_runs(name, seen, overrides or [])
+        sweep, new = _new_runs(name, seen, overrides)
         cfgs = [on_gpu(cfg) for cfg in new]
-        units = [unit_cost([cfgs[n] for n in u.nums]) for u in packs.plan(cfgs, setting)]
+        units = []
+        for u in packs.plan(cfgs, setting):
+            members = [cfgs[n] for n in u.nums]
+            if pack_graph and u.is_pack:
+                members = [packs.graphed(cfg) for cfg in members]
+            units.append(unit_cost(members))
         seeds = len({job.cfg.train.seed for job in sweep.jobs})
         seconds = experiment_seconds(units, n_jobs)
         rows.append(PackRow(name, len(sweep.jobs), len(new), seeds, units, seconds))
@@ -509,7 +520,8 @@ def main() -> None:
     if args.mode == "jobs":
         tp = read_throughput()
         tp = Throughput(args.img_per_s or tp.img_per_s, args.n_jobs or tp.n_jobs)
-        total = _print_jobs(tp, budget(tp, args.overrides, skip))
+        overrides, _ = packs.split_pack_graph(args.overrides)  # every run alone here
+        total = _print_jobs(tp, budget(tp, overrides, skip))
         minutes = args.minutes if args.minutes is not None else 20.0
     else:
         _, setting = packs.split_pack_setting([f"{packs.PACK_KEY}={args.pack}"])

@@ -4,7 +4,8 @@
 # throughput benchmarks, the `experiment=all preset=gpu` sweep and the report, and
 # leaves in OUT_DIR what a commit needs, as at most 8 files:
 #
-#   status.json     each step's exit code, seconds and outcome; the device; what was cut
+#   status.json     each step's exit code, seconds and outcome; the device; whether the
+#                   sweep's packs trained as CUDA graphs (pack_graph); what was cut
 #   check.log       everything printed (device, pytest, benchmarks, the sweep's table)
 #   bench.json      scripts/bench_throughput.py --variants auto (pipelines x precision,
 #                   memory format, eager / compile / CUDA graphs), batch 128
@@ -233,7 +234,22 @@ if wants scaling; then
     run_step scaling 120 "$PYTHON" scripts/bench_throughput.py "${SCALING[@]}" \
         --out "$OUT/scaling.json"
 fi
+PACK_GRAPH=false
 if wants sweep; then
+    # Each pack's step as one CUDA graph (sweep.pack_graph=true: 49.9 -> 34.5 minutes of
+    # sweep planned, scripts/gpu_budget.py) only once this machine has just shown a
+    # graphed pack step equal to the eager one; otherwise (a failure, a skip: no CUDA)
+    # the packs train eager. The runs are the same either way (train.compile is not
+    # part of a run's id), so a later call may differ from an earlier one.
+    graph_test=tests/test_gpu.py::test_a_pack_step_in_one_cuda_graph_equals_the_eager_step
+    if run_step graph_test 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
+        --junitxml="$WORK/graph_test.xml" "$graph_test" &&
+        grep -q 'skipped="0"' "$WORK/graph_test.xml"  # passed, both cases: not skipped
+    then
+        PACK_GRAPH=true
+    fi
+    echo "== the packs' steps as CUDA graphs: $PACK_GRAPH"
+    SWEEP+=("sweep.pack_graph=$PACK_GRAPH")
     run_step sweep 0 "${BNLAB[@]}" sweep "${SWEEP[@]}" "paths.runs=$RUNS" \
         hydra/launcher=joblib "hydra.launcher.n_jobs=$NJOBS"
     if [ "$SMOKE" = 0 ] && [ "${#STAGES[@]}" = 2 ]; then
@@ -247,7 +263,8 @@ if wants sweep; then
             echo "== not tuned: the rest of the suite runs without small_batch"
         fi
         [ -n "$rest" ] && run_step sweep_rest 0 "${BNLAB[@]}" sweep "experiment=$rest" \
-            preset=gpu "paths.runs=$RUNS" hydra/launcher=joblib "hydra.launcher.n_jobs=$NJOBS"
+            preset=gpu "sweep.pack_graph=$PACK_GRAPH" "paths.runs=$RUNS" hydra/launcher=joblib \
+            "hydra.launcher.n_jobs=$NJOBS"
     fi
 fi
 finished() { grep -qE '"status": "(completed|diverged)"' "$1/summary.json" 2>/dev/null; }
@@ -286,11 +303,11 @@ done
 [ ${#resume[@]} -gt 0 ] && tar -czf "$OUT/resume.tar.gz" -C "$RUNS" "${resume[@]}"
 [ -d "$WORK/report" ] && tar -czf "$OUT/report.tar.gz" -C "$WORK" report
 
-"$PYTHON" - "$STEPLOG" "$WORK/device.json" "$RUNS" "$MINUTES" "$SMOKE" "${dropped[@]}" \
-    >"$OUT/status.json" <<'EOF'
+"$PYTHON" - "$STEPLOG" "$WORK/device.json" "$RUNS" "$MINUTES" "$SMOKE" "$PACK_GRAPH" \
+    "${dropped[@]}" >"$OUT/status.json" <<'EOF'
 import json, sys
 from pathlib import Path
-steplog, device, runs, minutes, smoke, *dropped = sys.argv[1:]
+steplog, device, runs, minutes, smoke, pack_graph, *dropped = sys.argv[1:]
 steps = {}
 for line in Path(steplog).read_text().splitlines():
     name, rc, seconds = line.split("\t")
@@ -308,7 +325,8 @@ for run in Path(runs).iterdir():
 device = json.loads(Path(device).read_text())
 print(json.dumps({
     "smoke": smoke == "1", "minutes": float(minutes), "device": device,
-    "steps": steps, "runs": states, "resume_dropped": dropped,
+    "steps": steps, "pack_graph": pack_graph == "true", "runs": states,
+    "resume_dropped": dropped,
 }, indent=2))
 EOF
 echo "== files in $OUT:"

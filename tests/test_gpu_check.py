@@ -42,9 +42,11 @@ def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
 
     status = json.loads((out / "status.json").read_text())
     assert status["smoke"] is True and status["device"]["device"] == "cpu"
-    steps = ["tests", "bench", "bench512", "profile", "pack", "sweep", "report"]
+    steps = ["tests", "bench", "bench512", "profile", "pack", "graph_test", "sweep", "report"]
     assert list(status["steps"]) == steps
     assert all(s["outcome"] == "ok" for s in status["steps"].values()), status["steps"]
+    # The graphed-pack test skips without CUDA: the packs train eager, and the sweep says so.
+    assert status["pack_graph"] is False
     # bn and none at lr 0.05 and 50: all four finish, lr 50 diverges.
     assert sum(status["runs"].values()) == 4 and set(status["runs"]) <= {"completed", "diverged"}
     assert status["runs"]["diverged"] >= 2
@@ -65,6 +67,7 @@ def test_smoke_runs_the_whole_sequence_and_leaves_what_a_commit_needs(tmp_path):
         assert "report/report.md" in tar.getnames()
     log = (out / "check.log").read_text()
     assert "4 runs (" in log and "== report: exit 0" in log
+    assert "== the packs' steps as CUDA graphs: false" in log and "sweep.pack_graph=false" in log
     assert '"kernel_launches_per_step"' in log and '"top_cpu_ops"' in log  # the profile
 
 
@@ -173,6 +176,21 @@ def test_preset_gpu_sweep_plans_packs_and_stays_within_its_measured_budget():
     others = [r.experiment for r in rows if r.experiment != "lr"]
     (jobs,) = g.budget(g.read_throughput(), skip=others)
     assert jobs.new_runs == 84 and round(jobs.seconds / 60, 1) == 3.6
+
+
+def test_the_budget_costs_sweep_pack_graph_as_the_sweep_trains_it():
+    # sweep.pack_graph=true: the packs' steps as CUDA graphs, the runs alone eager (the
+    # sweep sets train.compile on pack members only, bnlab.sweep.packs.graphed).
+    import gpu_budget as g
+
+    others = [n for n in suite(["preset=gpu"]) if n not in ("ics", "landscape")]
+    eager = {r.experiment: r for r in g.pack_budget(skip=others)}
+    graph = {r.experiment: r for r in g.pack_budget(["sweep.pack_graph=true"], skip=others)}
+    assert {u.mode for u in eager["ics"].units} == {g.EAGER}  # packs of 3, eager by default
+    assert {(u.k > 1, u.mode) for u in graph["ics"].units} == {(True, g.GRAPH)}
+    assert {(u.k, u.mode) for u in graph["landscape"].units} == {(1, g.EAGER)}  # alone
+    assert graph["ics"].seconds < eager["ics"].seconds
+    assert graph["landscape"].seconds == eager["landscape"].seconds
 
 
 def test_the_gpu_suite_tunes_small_batch_between_its_two_sweeps(tmp_path):

@@ -54,6 +54,34 @@ def test_a_bad_pack_setting_is_one_line(bad):
         packs.split_pack_setting([bad])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "rest", "graph"),
+    [
+        (["norm=bn,gn"], ["norm=bn,gn"], False),
+        (["sweep.pack_graph=true", "norm=bn"], ["norm=bn"], True),
+        (["norm=bn", "sweep.pack_graph=False", "sweep.pack=2"], ["norm=bn", "sweep.pack=2"], False),
+    ],
+)
+def test_the_pack_graph_setting_is_taken_off_the_overrides(overrides, rest, graph):
+    assert packs.split_pack_graph(overrides) == (rest, graph)
+
+
+@pytest.mark.parametrize("bad", ["sweep.pack_graph=yes", "sweep.pack_graph=1", "sweep.pack_graph"])
+def test_a_bad_pack_graph_setting_is_one_line(bad):
+    with pytest.raises(BnlabError, match="must be true or false"):
+        packs.split_pack_graph([bad])
+
+
+def test_a_graphed_member_asks_for_the_graph_and_keeps_its_run_id():
+    from bnlab.compose import load_config
+    from bnlab.store import run_id
+
+    cfg = load_config(["preset=smoke"])
+    graphed = packs.graphed(cfg)
+    assert graphed.train.compile is True and cfg.train.compile is False  # a copy
+    assert run_id(graphed) == run_id(cfg)
+
+
 def test_pack_1_trains_every_run_alone_without_asking_the_rules(monkeypatch):
     monkeypatch.setitem(sys.modules, "bnlab.pack.run", None)  # importing it would raise
     units = packs.plan([_cfg(s) for s in range(3)], "1")
@@ -145,6 +173,7 @@ def test_packed_and_solo_sweeps_write_the_same_runs(tmp_path, launcher):
         assert summary["epochs"] == want[name]["epochs"] == 1
     [record] = (tmp_path / "packed" / ".sweeps").glob("*/sweep.yaml")
     assert OmegaConf.load(record).launched == [[0, 1, 2, 3, 4, 5]]  # one job: the pack
+    assert OmegaConf.load(record).pack_graph is False  # by default a pack trains eager
 
     rerun = _sweep(tmp_path / "packed", *grid, "sweep.pack=auto")
     assert rerun.exit_code == 0 and "6 runs (6 completed)" in rerun.stdout
@@ -153,12 +182,23 @@ def test_packed_and_solo_sweeps_write_the_same_runs(tmp_path, launcher):
 
 @pytest.mark.e2e
 def test_a_pack_size_splits_the_runs_and_unpackable_runs_go_alone(tmp_path):
-    result = _sweep(tmp_path, "train.seed=0,1,2", "norm=bn,gn", "sweep.pack=2")
+    args = ["train.seed=0,1,2", "norm=bn,gn", "sweep.pack=2", "sweep.pack_graph=true"]
+    result = _sweep(tmp_path, *args)
     assert result.exit_code == 0, result.output
     [record] = (tmp_path / ".sweeps").glob("*/sweep.yaml")
     # Grid order: (bn, 0), (gn, 0), (bn, 1), (gn, 1), (bn, 2), (gn, 2).
     assert OmegaConf.load(record).launched == [[0, 2], [1, 3], [4], [5]]
+    assert OmegaConf.load(record).pack_graph is True
     assert "p0/2" in result.stdout and "p1/2" in result.stdout
+    assert "in packs (sweep.pack_graph=true)" in result.stdout
+    # pack_graph asks the packs' members for the graph (train.compile; eager on a CPU) and
+    # leaves the runs alone as they were: each would pay a torch.compile.
+    summaries = _summaries(tmp_path)
+    compiled = {
+        name: OmegaConf.load(tmp_path / name / "config.yaml").train.compile for name in summaries
+    }
+    assert sorted(compiled.values()) == [False, False, True, True, True, True], compiled
+    assert all(compiled[name] == ("pack" in s) for name, s in summaries.items())
     probes = _sweep(tmp_path / "p", "train.seed=0,1", "probe.bn_stats=true", "sweep.pack=2")
     assert probes.exit_code == 0, probes.output
     [record] = (tmp_path / "p" / ".sweeps").glob("*/sweep.yaml")

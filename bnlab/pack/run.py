@@ -43,7 +43,8 @@ step, then stops), so its checkpoint, its last row's test numbers and its last
 activation-probe rows are of that state; divergence is checked every step on a GPU
 too (the solo loop every 25th);
 ``train.compile`` means the pack's whole-step CUDA graph on CUDA (``GraphedStep``,
-falling back to eager with a warning) and eager elsewhere; time_s, images_per_s and
+falling back to eager with a warning) and eager elsewhere (``bnlab sweep
+sweep.pack_graph=true`` sets it on the packs' members only); time_s, images_per_s and
 elapsed_s are the pack's time (images_per_s: the member's own images per second).
 A stopped member stays in the module, masked, until the pack ends: dropping it
 would change the others' kernel shapes, so their rounding (tests/test_pack_run.py).

@@ -141,9 +141,12 @@ def pack_plan(sweep: Sweep, setting: str) -> list[Unit]:
     return [Unit(tuple(todo[i] for i in unit.nums)) for unit in units]
 
 
-def launch(sweep: Sweep, runs: Path, units: Sequence[Unit] | None = None) -> dict[str, str]:
+def launch(
+    sweep: Sweep, runs: Path, units: Sequence[Unit] | None = None, pack_graph: bool = False
+) -> dict[str, str]:
     """Run the sweep's units (pack_plan; None: each unfinished run alone) on its launcher,
-    one job a unit (blocking). Interrupts propagate; job failures don't.
+    one job a unit (blocking). Interrupts propagate; job failures don't. `pack_graph`:
+    each pack's step in one CUDA graph (``packs.graphed``; runs alone unchanged).
 
     Call preflight first. Returns each run's outcome by run name, as the jobs
     recorded it (bnlab.sweep.job); a grid whose runs are all finished launches nothing
@@ -156,13 +159,18 @@ def launch(sweep: Sweep, runs: Path, units: Sequence[Unit] | None = None) -> dic
         return {}  # jobs would only find their runs done
     kind = launcher_kind(sweep.launcher_params)
     folder = make_sweep_dir(runs, sweep)
-    _write_record(folder, sweep, units)
+    _write_record(folder, sweep, units, pack_graph)
     params = resolved_params(sweep.launcher_params, folder)
     share = job_share(params)
+
+    def configs(unit: Unit) -> tuple[Any, ...]:
+        cfgs = tuple(sweep.jobs[num].cfg for num in unit.nums)
+        return tuple(map(packs.graphed, cfgs)) if pack_graph and unit.is_pack else cfgs
+
     tasks = [
         SweepTask(
             unit.nums,
-            tuple(sweep.jobs[num].cfg for num in unit.nums),
+            configs(unit),
             str(folder),
             threads=share.threads,
             gpu_jobs=share.gpu_jobs,
@@ -183,9 +191,9 @@ def launch(sweep: Sweep, runs: Path, units: Sequence[Unit] | None = None) -> dic
     return job_outcomes(folder)
 
 
-def _write_record(folder: Path, sweep: Sweep, units: Sequence[Unit]) -> None:
+def _write_record(folder: Path, sweep: Sweep, units: Sequence[Unit], pack_graph: bool) -> None:
     """<sweep dir>/sweep.yaml: what was asked, which run each grid position trains, and
-    which of them were launched together (a pack) or alone."""
+    which of them were launched together (a pack, its step a CUDA graph or not) or alone."""
     record = {
         "experiment": sweep.experiment,
         "overrides": [*sweep.task_overrides, *sweep.hydra_overrides],
@@ -195,6 +203,7 @@ def _write_record(folder: Path, sweep: Sweep, units: Sequence[Unit]) -> None:
             for num, job in enumerate(sweep.jobs)
         ],
         "launched": [list(unit.nums) for unit in units],
+        "pack_graph": pack_graph,
     }
     try:
         atomic_write_text(folder / SWEEP_RECORD, OmegaConf.to_yaml(OmegaConf.create(record)))
