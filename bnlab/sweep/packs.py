@@ -26,9 +26,9 @@ stay eager instead of each paying a torch.compile (measured: 23 s, no faster at 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -36,6 +36,7 @@ from bnlab.errors import BnlabError
 
 PACK_KEY = "sweep.pack"
 GRAPH_KEY = "sweep.pack_graph"
+T = TypeVar("T")
 AUTO = "auto"
 # auto's pack sizes (see the module docstring for the measurements behind them).
 CPU_SMALL_BATCH = 8  # at most this batch: packs pay on a CPU
@@ -51,30 +52,40 @@ MEMORY_SHARE = 0.5  # of the device's free memory, for all the members together
 
 def split_pack_setting(overrides: Sequence[str]) -> tuple[list[str], str]:
     """(the overrides without sweep.pack=..., the setting: "auto", or a size as text)."""
-    rest, setting = [], AUTO
-    for text in overrides:
-        key, eq, value = text.partition("=")
-        if key.lstrip("+") != PACK_KEY:
-            rest.append(text)
-            continue
-        if not eq or not (value == AUTO or (value.isdigit() and int(value) >= 1)):
-            raise BnlabError(f"{PACK_KEY}={value}: must be auto or a pack size >= 1")
-        setting = value
-    return rest, setting
+
+    def size(value: str | None) -> str:
+        if value is None or not (value == AUTO or (value.isdigit() and int(value) >= 1)):
+            raise BnlabError(f"{PACK_KEY}={value or ''}: must be auto or a pack size >= 1")
+        return value
+
+    return _split(overrides, PACK_KEY, size, AUTO)
 
 
 def split_pack_graph(overrides: Sequence[str]) -> tuple[list[str], bool]:
     """(the overrides without sweep.pack_graph=..., whether packs train as CUDA graphs)."""
-    rest, graph = [], False
+
+    def flag(value: str | None) -> bool:
+        if value is None or value.lower() not in ("true", "false"):
+            raise BnlabError(f"{GRAPH_KEY}={value or ''}: must be true or false")
+        return value.lower() == "true"
+
+    return _split(overrides, GRAPH_KEY, flag, False)
+
+
+def _split(
+    overrides: Sequence[str], key: str, parse: Callable[[str | None], T], default: T
+) -> tuple[list[str], T]:
+    """(the overrides without key=..., the last one's value as `parse` reads it, or the
+    default): a sweep-level setting, not a run's config key. `parse` gets None for a
+    bare key (no '=')."""
+    rest, setting = [], default
     for text in overrides:
-        key, eq, value = text.partition("=")
-        if key.lstrip("+") != GRAPH_KEY:
+        name, eq, value = text.partition("=")
+        if name.lstrip("+") != key:
             rest.append(text)
             continue
-        if not eq or value.lower() not in ("true", "false"):
-            raise BnlabError(f"{GRAPH_KEY}={value}: must be true or false")
-        graph = value.lower() == "true"
-    return rest, graph
+        setting = parse(value if eq else None)
+    return rest, setting
 
 
 def graphed(cfg: Any) -> Any:
