@@ -249,9 +249,10 @@ if wants sweep; then
         PACK_GRAPH=true
     fi
     echo "== the packs' steps as CUDA graphs: $PACK_GRAPH"
-    SWEEP+=("sweep.pack_graph=$PACK_GRAPH")
-    run_step sweep 0 "${BNLAB[@]}" sweep "${SWEEP[@]}" "paths.runs=$RUNS" \
-        hydra/launcher=joblib "hydra.launcher.n_jobs=$NJOBS"
+    # What every sweep of this call shares (one sweep, or two around the tuning).
+    SHARED=("sweep.pack_graph=$PACK_GRAPH" "paths.runs=$RUNS" hydra/launcher=joblib
+            "hydra.launcher.n_jobs=$NJOBS")
+    run_step sweep 0 "${BNLAB[@]}" sweep "${SWEEP[@]}" "${SHARED[@]}"
     if [ "$SMOKE" = 0 ] && [ "${#STAGES[@]}" = 2 ]; then
         # The small-batch bases from the runs just made (refused, exit 2, while a tuning
         # lr has fewer than 3 finished seeds); the grid is then the tuned one, and the
@@ -263,8 +264,7 @@ if wants sweep; then
             echo "== not tuned: the rest of the suite runs without small_batch"
         fi
         [ -n "$rest" ] && run_step sweep_rest 0 "${BNLAB[@]}" sweep "experiment=$rest" \
-            preset=gpu "sweep.pack_graph=$PACK_GRAPH" "paths.runs=$RUNS" hydra/launcher=joblib \
-            "hydra.launcher.n_jobs=$NJOBS"
+            preset=gpu "${SHARED[@]}"
     fi
 fi
 finished() { grep -qE '"status": "(completed|diverged)"' "$1/summary.json" 2>/dev/null; }
